@@ -1,0 +1,238 @@
+"""The one place that knows whether greenq runs on greenlets or OS threads.
+
+``greenq-gevent`` monkeypatches the standard library before anything else is
+imported. After that, ``threading``, ``queue`` and ``time.sleep`` are already
+cooperative, so the rest of greenq uses them as usual and never asks which mode it
+is in. What patching cannot hide is listed here:
+
+* spawning a unit of work and interrupting it from outside (a greenlet is killed
+  with ``throw``; an OS thread only through CPython's async-exception call, which
+  fires at the next bytecode and cannot break a blocking system call);
+* timers that fire without a thread each (gevent's loop timers; under threads, one
+  shared timer thread with a heap);
+* real OS threads for watchdogs and heartbeats, which must keep running while a
+  greenlet hogs the hub.
+"""
+
+import ctypes
+import heapq
+import itertools
+import logging
+import threading
+import time
+
+try:  # gevent is a dependency, but the threaded mode must not need it to be importable.
+    import gevent
+    import gevent.monkey
+except ImportError:  # pragma: no cover
+    gevent = None
+
+
+def using_gevent() -> bool:
+    """True when the threading module has been monkeypatched by gevent."""
+    return gevent is not None and gevent.monkey.is_module_patched("threading")
+
+
+def mode_name() -> str:
+    return "greenlets" if using_gevent() else "threads"
+
+
+class Task:
+    """A spawned unit of work: a greenlet under gevent, an OS thread otherwise."""
+
+    def __init__(self, target, args, name):
+        self.name = name
+        self._target = target
+        self._args = args
+        self._done = threading.Event()
+        self.ident = None
+        if using_gevent():
+            self._impl = gevent.spawn(self._run)
+            self._impl.name = name
+        else:
+            self._impl = threading.Thread(target=self._run, name=name, daemon=True)
+            self._impl.start()
+
+    def _run(self):
+        self.ident = current()
+        try:
+            self._target(*self._args)
+        finally:
+            self._done.set()
+
+    def join(self, timeout=None) -> bool:
+        """Wait for the task to end; return whether it has."""
+        return self._done.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
+
+    def kill(self, exception_type):
+        """Raise ``exception_type`` inside the task at its next switch (or bytecode)."""
+        if self.ident is not None and self.is_alive():
+            raise_in(self.ident, exception_type, guard=self.is_alive)
+
+
+def spawn(target, *args, name="greenq") -> Task:
+    return Task(target, args, name)
+
+
+def current():
+    """A handle on the running greenlet or thread, for ``raise_in``."""
+    if using_gevent():
+        return gevent.getcurrent()
+    return threading.get_ident()
+
+
+def raise_in(handle, exception_type, guard=None):
+    """Deliver ``exception_type`` into the greenlet or thread behind ``handle``.
+
+    ``guard()`` is checked at the moment of delivery; if it returns False the
+    exception is dropped (the target has moved on). Under gevent this must be
+    called from the hub's thread (a timer callback or another greenlet); the
+    exception lands the next time the target switches, and a greenlet spinning
+    on the CPU never gets it, which is what the TimeLimit watchdog is for.
+    """
+    if using_gevent():
+        if handle is gevent.getcurrent():
+            raise exception_type()
+        # Delivered from the hub's callback queue, where the guard and the throw
+        # run back to back with the target suspended: nothing can move in between.
+        gevent.get_hub().loop.run_callback(_throw_if_alive, handle, exception_type, guard)
+    else:
+        if guard is not None and not guard():
+            return
+        result = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(handle), ctypes.py_object(exception_type)
+        )
+        if result > 1:  # pragma: no cover - would corrupt the target thread's state
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(handle), None)
+
+
+def _throw_if_alive(glet, exception_type, guard):
+    if not glet.dead and (guard is None or guard()):
+        glet.throw(exception_type)
+
+
+class _TimerThread:
+    """One OS thread and a heap serve every timer in threaded mode."""
+
+    def __init__(self):
+        self._heap = []
+        self._counter = itertools.count()
+        self._cond = threading.Condition()
+        self._thread = None
+
+    def schedule(self, delay, callback, args):
+        entry = [time.monotonic() + delay, next(self._counter), callback, args, True]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="greenq-timers", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def _loop(self):
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                entry = self._heap[0]
+                delay = entry[0] - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            if entry[4]:
+                entry[2](*entry[3])
+
+
+_timer_thread = _TimerThread()
+
+
+class Timer:
+    """Calls ``callback(*args)`` once after ``delay`` seconds unless cancelled.
+
+    Under gevent it is a libev/libuv timer on the hub: no greenlet per timer, and
+    the callback runs in the hub, so it must not block.
+    """
+
+    def __init__(self, delay, callback, *args):
+        if using_gevent():
+            self._impl = gevent.get_hub().loop.timer(max(delay, 0))
+            self._impl.start(callback, *args)
+            self._entry = None
+        else:
+            self._impl = None
+            self._entry = _timer_thread.schedule(max(delay, 0), callback, args)
+
+    def cancel(self):
+        if self._impl is not None:
+            self._impl.stop()
+            self._impl.close()
+        else:
+            self._entry[4] = False
+
+
+def start_os_thread(target, *args, name="greenq-os-thread"):
+    """Run ``target`` on a real OS thread, even when threading is monkeypatched.
+
+    For watchdogs and heartbeats that must keep time while a greenlet blocks the
+    hub. The target must not touch greenlets, gevent events or objects shared
+    with the hub's thread other than plain reads and atomic writes.
+    """
+    if using_gevent():
+        start_new_thread = gevent.monkey.get_original("_thread", "start_new_thread")
+        return start_new_thread(target, args)
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    thread.start()
+    return thread.ident
+
+
+def os_sleep(seconds):
+    """Sleep on a real OS thread (``time.sleep`` may be patched into a hub switch)."""
+    if using_gevent():
+        gevent.monkey.get_original("time", "sleep")(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def hub_blocked_monitor(threshold, report):
+    """Report when one greenlet keeps the hub busy for longer than ``threshold`` seconds.
+
+    ``report(seconds)`` is called from a real OS thread, while the offender is
+    still running, so it can name the message the blocked greenlet holds.
+    Returns a callable that stops the monitor. Does nothing under threads, where
+    one busy thread does not stall the others.
+    """
+    if not using_gevent():
+        return lambda: None
+    hub = gevent.get_hub()
+    state = {"beat": time.monotonic(), "reported": False, "running": True}
+
+    def tick():
+        state["beat"] = time.monotonic()
+        state["reported"] = False
+
+    timer = hub.loop.timer(threshold / 4, threshold / 4)
+    timer.start(tick)
+
+    def watch():
+        while state["running"]:
+            os_sleep(threshold / 4)
+            stalled = time.monotonic() - state["beat"]
+            if stalled > threshold and not state["reported"]:
+                state["reported"] = True
+                try:
+                    report(stalled)
+                except Exception:  # a reporter bug must not end the watch
+                    logging.getLogger("greenq.concurrency").exception("The hub monitor's report failed.")
+
+    start_os_thread(watch, name="greenq-hub-monitor")
+
+    def stop():
+        state["running"] = False
+        timer.stop()
+
+    return stop

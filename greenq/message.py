@@ -1,0 +1,235 @@
+"""Messages and the wire format.
+
+A message is one JSON object with exactly seven fields::
+
+    {"queue_name": "default", "actor_name": "add", "args": [1, 2], "kwargs": {},
+     "options": {}, "message_id": "<uuid4>", "message_timestamp": 1498557015410}
+
+Other languages enqueue work by writing that object straight into a broker, so
+decoding is strict: a payload that is not exactly this shape raises
+``DecodeError`` saying which field is wrong, and the broker dead-letters it.
+
+``Message`` is immutable (``kwargs`` and ``options`` are read-only views) so a
+message can be shared between greenlets without copies. State that middleware
+changes while a message is processed lives on ``MessageProxy``.
+"""
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .errors import DecodeError, EncodeError
+
+FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id", "message_timestamp")
+_FIELD_TYPES = {
+    "queue_name": str,
+    "actor_name": str,
+    "args": list,
+    "kwargs": dict,
+    "options": dict,
+    "message_id": str,
+    "message_timestamp": int,
+}
+
+
+class Encoder:
+    """Turns the dict form of a message into bytes and back. Subclass to change the format."""
+
+    def encode(self, data: dict) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> dict:
+        raise NotImplementedError
+
+
+class JSONEncoder(Encoder):
+    """The default, and the only format other languages can rely on. Never pickle:
+    a message must never be able to run code that is not an actor."""
+
+    def encode(self, data):
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def decode(self, data):
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data).decode("utf-8")
+        return json.loads(data)
+
+
+_encoder: Encoder = JSONEncoder()
+
+
+def get_encoder() -> Encoder:
+    return _encoder
+
+
+def set_encoder(encoder: Encoder) -> None:
+    """Change how messages are written on the wire, for every broker in this process."""
+    global _encoder
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"set_encoder() needs an Encoder instance, not {type(encoder).__name__}")
+    _encoder = encoder
+
+
+def generate_unique_id() -> str:
+    return str(uuid.uuid4())
+
+
+def current_millis() -> int:
+    return int(time.time() * 1000)
+
+
+def _thaw(value):
+    """Read-only views back into plain containers, recursively, for encoding."""
+    if isinstance(value, MappingProxyType):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, repr=False, eq=True)
+class Message:
+    queue_name: str
+    actor_name: str
+    args: tuple
+    kwargs: Any
+    options: Any
+    message_id: str = field(default_factory=generate_unique_id)
+    message_timestamp: int = field(default_factory=current_millis)
+
+    def __post_init__(self):
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs or {})))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options or {})))
+
+    def __hash__(self):
+        return hash(self.message_id)
+
+    def __repr__(self):
+        return (
+            f"Message(queue_name={self.queue_name!r}, actor_name={self.actor_name!r}, "
+            f"args={self.args!r}, kwargs={dict(self.kwargs)!r}, options={dict(self.options)!r}, "
+            f"message_id={self.message_id!r}, message_timestamp={self.message_timestamp!r})"
+        )
+
+    def asdict(self) -> dict:
+        return {
+            "queue_name": self.queue_name,
+            "actor_name": self.actor_name,
+            "args": _thaw(self.args),
+            "kwargs": _thaw(self.kwargs),
+            "options": _thaw(self.options),
+            "message_id": self.message_id,
+            "message_timestamp": self.message_timestamp,
+        }
+
+    def encode(self) -> bytes:
+        try:
+            return _encoder.encode(self.asdict())
+        except (TypeError, ValueError) as e:
+            raise EncodeError(f"actor {self.actor_name!r}: {self._unencodable_part()} cannot be encoded: {e}") from None
+
+    def _unencodable_part(self) -> str:
+        """Name the argument (or option) that broke encoding, for the error message."""
+        parts = [(f"argument {i} ({arg!r:.60})", arg) for i, arg in enumerate(self.args)]
+        parts += [(f"keyword argument {k!r}", v) for k, v in self.kwargs.items()]
+        parts += [(f"option {k!r}", v) for k, v in self.options.items()]
+        for label, value in parts:
+            try:
+                _encoder.encode({"value": _thaw(value)})
+            except (TypeError, ValueError):
+                return label
+        return f"message {self.message_id}"
+
+    @classmethod
+    def decode(cls, data) -> "Message":
+        """Parse one payload, or raise ``DecodeError`` naming what is wrong with it."""
+        try:
+            fields = _encoder.decode(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DecodeError(f"payload is not valid {type(_encoder).__name__} data: {e}", data) from None
+        return cls.from_dict(fields, data)
+
+    @classmethod
+    def from_dict(cls, fields, data=None) -> "Message":
+        if not isinstance(fields, dict):
+            raise DecodeError(f"payload is a {type(fields).__name__}, not an object with the message fields", data)
+        message_id = fields.get("message_id") if isinstance(fields.get("message_id"), str) else None
+        missing = [name for name in FIELDS if name not in fields]
+        if missing:
+            raise DecodeError(f"payload lacks the field(s) {', '.join(missing)}", data, message_id)
+        unknown = sorted(set(fields) - set(FIELDS))
+        if unknown:
+            raise DecodeError(f"payload has unknown field(s) {', '.join(unknown)}", data, message_id)
+        for name, kind in _FIELD_TYPES.items():
+            value = fields[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise DecodeError(
+                    f"field {name!r} must be {kind.__name__}, not {type(value).__name__}", data, message_id
+                )
+        if not fields["queue_name"] or not fields["actor_name"] or not fields["message_id"]:
+            raise DecodeError("queue_name, actor_name and message_id must not be empty", data, message_id)
+        return cls(**{name: fields[name] for name in FIELDS})
+
+    def copy(self, **changes) -> "Message":
+        values = {name: getattr(self, name) for name in FIELDS}
+        values.update(changes)
+        return Message(**values)
+
+
+class MessageProxy:
+    """A message while a worker holds it: the read-only message plus what changes.
+
+    ``options`` is a private, writable copy; middleware records retries,
+    failures and the like there, and ``to_message()`` folds it back into a new
+    ``Message`` for re-enqueueing or dead-lettering. ``receipt`` is the broker's
+    handle for ack/nack (a delivery tag, a row id...), opaque to everything else.
+    """
+
+    __slots__ = (
+        "message", "receipt", "options", "failed", "failure", "exception", "result",
+        "retried", "redelivered", "_interrupt", "__weakref__",
+    )
+
+    def __init__(self, message: Message, receipt=None, redelivered=False):
+        self.message = message
+        self.receipt = receipt
+        self.options = dict(message.options)
+        self.failed = False
+        self.failure = None
+        self.exception = None
+        self.result = None
+        self.retried = False
+        self.redelivered = redelivered
+        self._interrupt = None
+
+    def __getattr__(self, name):
+        return getattr(self.message, name)
+
+    def __repr__(self):
+        return f"MessageProxy({self.to_message()!r})"
+
+    def __lt__(self, other):
+        return self.message_timestamp < other.message_timestamp
+
+    def fail(self, reason=None):
+        """Mark the message failed: the worker dead-letters it instead of acking it."""
+        self.failed = True
+        if reason is not None:
+            self.failure = str(reason)
+
+    def interrupt(self, exception_type) -> bool:
+        """Raise ``exception_type`` inside the actor running this message, if it is running.
+
+        Safe to call from any greenlet or thread; the worker installs the hook
+        while the message is being processed. Returns whether it was delivered
+        (or queued for the moment the actor starts).
+        """
+        hook = self._interrupt
+        return bool(hook and hook(exception_type))
+
+    def to_message(self) -> Message:
+        return self.message.copy(options=self.options)

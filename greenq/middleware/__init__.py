@@ -1,0 +1,29 @@
+"""Middleware: every feature around the core loop, one module each.
+
+``default_middleware()`` is what a broker gets when it is not given a list.
+"""
+
+from .age_limit import AgeLimit
+from .callbacks import Callbacks
+from .current_message import CurrentMessage
+from .middleware import HOOKS, Middleware
+from .retries import Retries, compute_backoff
+from .shutdown import ShutdownNotifications
+from .time_limit import TimeLimit
+from ..errors import Interrupt, Shutdown, SkipMessage, TimeLimitExceeded
+
+
+def default_middleware():
+    """Fresh instances of the middleware every broker runs unless told otherwise.
+
+    Order matters for ``after_*`` hooks, which run last-to-first: Retries decides
+    whether a failure is final before Callbacks looks at it.
+    """
+    return [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Retries()]
+
+
+__all__ = [
+    "AgeLimit", "Callbacks", "CurrentMessage", "HOOKS", "Interrupt", "Middleware", "Retries",
+    "Shutdown", "ShutdownNotifications", "SkipMessage", "TimeLimit", "TimeLimitExceeded",
+    "compute_backoff", "default_middleware",
+]

@@ -1,0 +1,471 @@
+"""The worker: fetch messages, run actors on a pool, settle the outcome with the broker.
+
+Shape, per worker::
+
+    consumer loop (one per queue) --fetch--> work queue (priority, then arrival)
+                                                   |
+                                   pool of N greenlets (or threads) run actors
+                                                   |
+    settler (one per queue) <--ack/nack/requeue----+
+
+Written for gevent first:
+
+* Demand-driven prefetch. A consumer fetches only when the shared capacity
+  (N pool slots plus a small buffer) has room, and only as many messages as fit.
+  A process never hoards work that a sibling process could start sooner, and
+  shutdown has little to hand back.
+* Idle parts block, they do not poll: pool greenlets wait on the work queue,
+  consumers wait on capacity, settlers wait on their inbox. The only timeout is
+  the broker fetch's (``worker_timeout``), so a consumer notices ``stop``.
+* Batched settlement. Acks from hundreds of greenlets that finish together go to
+  the broker in one call per queue.
+"""
+
+import itertools
+import logging
+import queue as queue_module
+import threading
+import time
+import traceback
+
+from . import concurrency
+from .errors import ActorNotFound, Interrupt, Retry, SkipMessage
+from .message import current_millis
+
+logger = logging.getLogger("greenq.worker")
+
+_TRACEBACK_LIMIT = 4000
+
+
+# --- running one message --------------------------------------------------------
+
+class _Guard:
+    """Where a message's actor is in its run, so an interrupt lands only inside it.
+
+    ``state`` moves pending -> running -> done. An interrupt that arrives while
+    pending is kept and raised as the actor starts; one that arrives when done is
+    dropped. Under gevent the check and the throw happen together in the hub, so
+    no interrupt can land in worker code.
+    """
+
+    __slots__ = ("state", "handle", "pending", "lock")
+
+    def __init__(self):
+        self.state = "pending"
+        self.handle = None
+        self.pending = None
+        self.lock = threading.Lock()
+
+    def interrupt(self, exception_type):
+        with self.lock:
+            if self.state == "pending":
+                self.pending = exception_type
+                return True
+            if self.state != "running":
+                return False
+            handle = self.handle
+        concurrency.raise_in(handle, exception_type, guard=lambda: self.state == "running")
+        return True
+
+
+def call_actor(actor, message):
+    """Run the actor for ``message`` so that ``message.interrupt()`` can reach it."""
+    guard = _Guard()
+    message._interrupt = guard.interrupt
+    try:
+        with guard.lock:
+            if guard.pending is not None:
+                raise guard.pending()
+            guard.handle = concurrency.current()
+            guard.state = "running"
+        try:
+            return actor.fn(*message.args, **message.kwargs)
+        finally:
+            guard.state = "done"
+    finally:
+        message._interrupt = None
+
+
+def process_message(broker, message):
+    """Run one message through the middleware and its actor; record the outcome on it.
+
+    Afterwards ``message.failed`` says whether it must be dead-lettered. Shared by
+    the Worker and the LocalBroker so both behave the same.
+    """
+    actor = broker.actors.get(message.actor_name)
+    if actor is None:
+        logger.error("Message %s names no declared actor %r; dead-lettering it.",
+                     message.message_id, message.actor_name)
+        message.fail(f"ActorNotFound: no actor named {message.actor_name!r} is declared")
+        message.exception = ActorNotFound(message.failure)
+        return
+    try:
+        broker.emit_before("process_message", message)
+    except SkipMessage:
+        broker.emit_after("skip_message", message)
+        return
+    except Interrupt as e:  # a limit that ran out before the actor started
+        _record_failure(broker, actor, message, e, 0.0)
+        return
+
+    log = actor.logger
+    verbose = log.isEnabledFor(logging.INFO)
+    if verbose:
+        log.info("Received args=%r kwargs=%r.", message.args, dict(message.kwargs))
+    start = time.perf_counter()
+    try:
+        result = call_actor(actor, message)
+    except (Exception, Interrupt) as e:
+        _record_failure(broker, actor, message, e, (time.perf_counter() - start) * 1000)
+        return
+    if verbose:
+        log.info("Completed after %.2fms.", (time.perf_counter() - start) * 1000)
+    message.result = result
+    try:
+        broker.emit_after("process_message", message, result=result)
+    except Interrupt:  # arrived between the actor's return and here; the work is done
+        pass
+
+
+def _record_failure(broker, actor, message, exception, elapsed_ms):
+    message.exception = exception
+    if isinstance(exception, Retry):
+        actor.logger.info("Asked for a retry after %.2fms: %s", elapsed_ms, exception)
+    else:
+        actor.logger.error("Failed after %.2fms with %s: %s (message %s).", elapsed_ms,
+                           type(exception).__name__, exception, message.message_id,
+                           exc_info=(type(exception), exception, exception.__traceback__))
+    try:
+        broker.emit_after("process_message", message, exception=exception)
+    except Interrupt:
+        pass
+    if not message.retried and not message.failed:
+        message.fail(f"{type(exception).__name__}: {exception}")
+    if message.failed:
+        message.options["traceback"] = "".join(traceback.format_exception(exception))[-_TRACEBACK_LIMIT:]
+
+
+# --- the worker -------------------------------------------------------------------
+
+class _Capacity:
+    """How many messages this worker may hold: pool size plus a small buffer.
+
+    ``reserved`` slots are promised to a fetch in progress; ``held`` ones carry
+    a fetched message until it is settled. Only held ones make a worker busy.
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self.held = 0
+        self.reserved = 0
+        self.cond = threading.Condition()
+        self.closed = False
+
+    def reserve(self, most):
+        """Block until there is room; promise up to ``most`` slots to a fetch; 0 once closed."""
+        with self.cond:
+            while self.held + self.reserved >= self.size and not self.closed:
+                self.cond.wait()
+            if self.closed:
+                return 0
+            n = min(most, self.size - self.held - self.reserved)
+            self.reserved += n
+            return n
+
+    def fill(self, reserved, fetched):
+        """A fetch that was promised ``reserved`` slots brought ``fetched`` messages."""
+        with self.cond:
+            self.reserved -= reserved
+            self.held += fetched
+            if fetched < reserved:
+                self.cond.notify_all()
+
+    def release(self, n):
+        if n:
+            with self.cond:
+                self.held -= n
+                self.cond.notify_all()
+
+    def wait_idle(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while self.held:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return False
+                self.cond.wait(wait)
+            return True
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+_STOP = object()
+
+
+class _QueueRunner:
+    """One queue's consumer loop and settler, sharing the worker's capacity and pool."""
+
+    def __init__(self, worker, queue_name):
+        self.worker = worker
+        self.queue_name = queue_name
+        self.consumer = None
+        self.inbox = queue_module.Queue()  # (verb, message) for the settler
+        self.running = True
+        self.fetcher = None
+        self.settler = None
+
+    def start(self):
+        self.fetcher = concurrency.spawn(self._fetch_loop, name=f"greenq-consumer({self.queue_name})")
+        self.settler = concurrency.spawn(self._settle_loop, name=f"greenq-settler({self.queue_name})")
+
+    def _fetch_loop(self):
+        worker = self.worker
+        broker = worker.broker
+        failures = 0
+        while self.running:
+            worker._unpaused.wait()
+            if not self.running:
+                break
+            n = worker._capacity.reserve(worker._share)
+            if n == 0:
+                break
+            try:
+                if self.consumer is None:
+                    self.consumer = broker.consume(self.queue_name, prefetch=worker._capacity.size,
+                                                   timeout=worker.worker_timeout)
+                messages = self.consumer.fetch(n, worker.worker_timeout / 1000)
+                failures = 0
+            except Exception as e:
+                worker._capacity.fill(n, 0)
+                failures += 1
+                delay = min(0.1 * 2 ** failures, 30)
+                logger.error("Consumer of queue %r failed to fetch (%s: %s); retrying in %.1fs.",
+                             self.queue_name, type(e).__name__, e, delay)
+                self._pause(delay)
+                continue
+            worker._capacity.fill(n, len(messages))
+            if not self.running and messages:
+                self.inbox.put(("requeue", messages))
+                continue
+            for message in messages:
+                worker._work.put((-broker.priority_of(message), next(worker._seq), message, self))
+
+    def _pause(self, seconds):
+        """Back off after a failure, waking early if the worker stops."""
+        self.worker.stopping.wait(seconds)
+
+    def _settle_loop(self):
+        """Send finished messages to the broker, as many per call as have piled up."""
+        while True:
+            item = self.inbox.get()
+            batch = [item]
+            while True:
+                try:
+                    batch.append(self.inbox.get_nowait())
+                except queue_module.Empty:
+                    break
+            done = any(entry is _STOP for entry in batch)
+            acks, nacks, requeues = [], [], []
+            for entry in batch:
+                if entry is _STOP:
+                    continue
+                verb, messages = entry
+                {"ack": acks, "nack": nacks, "requeue": requeues}[verb].extend(messages)
+            self._settle(acks, nacks, requeues)
+            if done:
+                return
+
+    def _settle(self, acks, nacks, requeues):
+        broker = self.worker.broker
+        for verb, messages in (("ack", acks), ("nack", nacks), ("requeue", requeues)):
+            if not messages:
+                continue
+            try:
+                if verb != "requeue":
+                    for message in messages:
+                        broker.emit_before(verb, message)
+                getattr(self.consumer, verb)(messages)
+                if verb != "requeue":
+                    for message in messages:
+                        broker.emit_after(verb, message)
+            except Exception:
+                logger.exception("Could not %s %d message(s) on queue %r; the broker will redeliver them.",
+                                 verb, len(messages), self.queue_name)
+            finally:
+                self.worker._capacity.release(len(messages))
+
+    def post(self, verb, message):
+        self.inbox.put((verb, [message]))
+
+
+class Worker:
+    """Runs actors for the messages on ``queues`` (default: every declared queue).
+
+    ``worker_threads`` is the size of the pool: greenlets under gevent, OS
+    threads otherwise. ``worker_timeout`` (ms) bounds each broker fetch, and so
+    how quickly ``stop()`` is noticed by an idle consumer.
+    """
+
+    def __init__(self, broker, *, queues=None, worker_threads=8, worker_timeout=1000, prefetch_buffer=None):
+        if worker_threads < 1:
+            raise ValueError(f"worker_threads must be >= 1, not {worker_threads}")
+        self.broker = broker
+        self.queues = set(queues) if queues else None
+        self.worker_threads = worker_threads
+        self.worker_timeout = worker_timeout
+        buffer = prefetch_buffer if prefetch_buffer is not None else max(1, worker_threads // 8)
+        self._capacity = _Capacity(worker_threads + buffer)
+        self._share = self._capacity.size
+        self._work = queue_module.PriorityQueue()
+        self._seq = itertools.count()
+        self._runners = {}
+        self._pool = []
+        self._running = {}  # id(message) -> (message, runner), processed right now
+        self._abandoned = set()  # ids of messages requeued by stop() while still running
+        self._unpaused = threading.Event()
+        self._unpaused.set()
+        self.stopping = threading.Event()  # set as soon as stop() begins
+        self._idle = threading.Event()  # set whenever a pool task finishes a message
+        self._started = False
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self):
+        self.broker.emit_before("worker_boot", self)
+        names = sorted(self.queues or self.broker.get_declared_queues())
+        for name in names:
+            self.broker.declare_queue(name)
+        self._share = max(1, self._capacity.size // max(1, len(names)))
+        for name in names:
+            runner = self._runners[name] = _QueueRunner(self, name)
+            runner.start()
+        self._pool = [concurrency.spawn(self._pool_loop, name=f"greenq-worker-{i}")
+                      for i in range(self.worker_threads)]
+        self._started = True
+        self.broker.emit_after("worker_boot", self)
+        logger.debug("Worker started: %d %s on queues %s.", self.worker_threads, concurrency.mode_name(), names)
+
+    def add_queue(self, queue_name):
+        """Start consuming one more queue (e.g. declared after start)."""
+        if queue_name not in self._runners and (self.queues is None or queue_name in self.queues):
+            self.broker.declare_queue(queue_name)
+            runner = self._runners[queue_name] = _QueueRunner(self, queue_name)
+            runner.start()
+
+    def pause(self):
+        """Stop fetching new messages; running and buffered ones go on."""
+        self._unpaused.clear()
+
+    def resume(self):
+        self._unpaused.set()
+
+    def join(self, timeout=None):
+        """Wait until every message this worker fetched has run and been settled.
+
+        Call after ``StubBroker.join(queue)`` in tests; ``timeout`` in ms.
+        """
+        from .errors import QueueJoinTimeout
+
+        if not self._capacity.wait_idle(None if timeout is None else timeout / 1000):
+            raise QueueJoinTimeout(f"worker still held {self._capacity.held} message(s) after {timeout} ms")
+
+    def stop(self, timeout=600000):
+        """Stop gracefully: no new fetches, finish running work for up to ``timeout`` ms, requeue the rest."""
+        if not self._started or self.stopping.is_set():
+            return
+        self.broker.emit_before("worker_shutdown", self)
+        self.stopping.set()
+        deadline = time.monotonic() + timeout / 1000
+        for runner in self._runners.values():
+            runner.running = False
+        self._capacity.close()
+        self._unpaused.set()
+        for runner in self._runners.values():
+            runner.fetcher.join(max(0.0, deadline - time.monotonic()) + self.worker_timeout / 1000)
+
+        requeued = self._requeue_unstarted()
+        finished = self._wait_for_running(deadline)
+        if not finished:
+            self._abandon_running()
+        for _ in self._pool:
+            self._work.put((float("-inf"), -1, _STOP, None))
+        for runner in self._runners.values():
+            runner.inbox.put(_STOP)
+            runner.settler.join()
+            if runner.consumer is not None:
+                try:
+                    runner.consumer.close()
+                except Exception:
+                    logger.exception("Closing the consumer of queue %r failed.", runner.queue_name)
+        self.broker.emit_after("worker_shutdown", self)
+        if requeued:
+            logger.info("Returned %d fetched but unstarted message(s) to the broker.", requeued)
+
+    def _requeue_unstarted(self):
+        count = 0
+        while True:
+            try:
+                _, _, message, runner = self._work.get_nowait()
+            except queue_module.Empty:
+                return count
+            if message is _STOP:
+                continue
+            runner.post("requeue", message)
+            count += 1
+
+    def _wait_for_running(self, deadline):
+        while self._running:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._idle.wait(left)
+            self._idle.clear()
+        return True
+
+    def _abandon_running(self):
+        """Past the shutdown timeout: hand running messages back and interrupt their actors."""
+        from .errors import Shutdown
+
+        for key, (message, runner) in list(self._running.items()):
+            logger.warning("Message %s (%s) did not finish within the shutdown timeout; requeueing it.",
+                           message.message_id, message.actor_name)
+            self._abandoned.add(key)
+            runner.post("requeue", message)
+            message.interrupt(Shutdown)
+
+    # --- the pool --------------------------------------------------------------------
+
+    def _pool_loop(self):
+        while True:
+            _, _, message, runner = self._work.get()
+            if message is _STOP:
+                return
+            if self.stopping.is_set():  # stop() is draining: hand it back, do not start it
+                runner.post("requeue", message)
+                continue
+            key = id(message)
+            self._running[key] = (message, runner)
+            try:
+                process_message(self.broker, message)
+            except BaseException as e:  # an interrupt that landed outside the actor; keep the pool alive
+                if not isinstance(e, (Exception, Interrupt)):
+                    raise
+                logger.exception("Unexpected error around message %s.", message.message_id)
+            finally:
+                self._running.pop(key, None)
+                if key in self._abandoned:
+                    self._abandoned.discard(key)
+                else:
+                    self._settle(message, runner)
+                self._idle.set()
+
+    def _settle(self, message, runner):
+        if message.failed:
+            message.options["failure"] = message.failure or "failed"
+            message.options["failed_at"] = current_millis()
+            runner.post("nack", message)
+        else:
+            runner.post("ack", message)
