@@ -260,6 +260,9 @@ class Broker:
         """Drop the queue's dead letters; return how many."""
         raise NotImplementedError
 
+    def ping(self):
+        """Check the broker answers; raise ``greenq.errors.ConnectionError`` naming it (never its password) if not."""
+
     def close(self):
         """Release connections. The broker may not be used afterwards."""
 
