@@ -1,0 +1,335 @@
+"""The Lua scripts behind ``RedisBroker``: every state change of a message is one of these.
+
+A script runs atomically inside Redis, so a message is always in exactly one
+place: ready (the ``queue`` list or the ``prio`` sorted set), delayed, held by one
+consumer, or dead. Every script receives the queue's keys in the order of
+``QUEUE_KEYS`` (all sharing the ``{namespace:queue}`` hash tag, hence one Redis
+Cluster slot); a consumer's ``held`` set comes last where a script needs it.
+
+Per queue ``{ns:q}``:
+
+==================  ======  ==========================================================
+key                 type    holds
+==================  ======  ==========================================================
+``.msgs``           hash    message key -> payload (the JSON wire format)
+``.queue``          list    keys ready at priority 0, oldest first (the hand-written
+                            recipe RPUSHes here), plus empty wake-up tokens
+``.prio``           zset    keys ready at priority > 0, score ``-priority*2^40 + seq``
+``.delayed``        zset    keys waiting for their eta (score: eta, epoch ms)
+``.pri``            hash    key -> priority, for messages with priority > 0
+``.deliveries``     hash    key -> how many times it was handed to a consumer
+``.heartbeats``     zset    consumer id -> last heartbeat (Redis server time, ms)
+``.held.<cid>``     set     keys a consumer holds (in flight)
+``.dead``           zset    dead keys by failure time (ms)
+``.dead.msgs``      hash    dead key -> payload
+``.dead.why``       hash    dead key -> failure, when the payload cannot carry it
+``.meta``           hash    ``seq`` (ordering counter), ``tokens`` (wake-ups in .queue)
+==================  ======  ==========================================================
+
+Consumers block with a non-consuming ``BLMOVE queue queue RIGHT RIGHT``: it
+returns as soon as the list holds anything, and takes nothing. Whatever makes a
+message ready at priority > 0 also leaves one wake-up token in an empty list, so
+a blocked consumer hears of it.
+"""
+
+QUEUE_KEYS = ("msgs", "queue", "prio", "delayed", "pri", "deliveries", "heartbeats",
+              "dead", "dead.msgs", "dead.why", "meta")
+
+_COMMON = r"""
+local K_MSGS, K_QUEUE, K_PRIO, K_DELAYED, K_PRI, K_DELIV, K_HB, K_DEAD, K_DEADMSGS, K_DEADWHY, K_META =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local SHIFT = 1099511627776
+
+local function next_seq()
+  return redis.call('HINCRBY', K_META, 'seq', 1) % SHIFT
+end
+
+-- Make a stored message ready: at the back of its priority, or at the front when it returns unprocessed.
+local function make_ready(id, front)
+  local p = tonumber(redis.call('HGET', K_PRI, id) or '0') or 0
+  if p > 0 then
+    local score = -p * SHIFT
+    if not front then score = score + next_seq() end
+    redis.call('ZADD', K_PRIO, score, id)
+    if redis.call('LLEN', K_QUEUE) == 0 then
+      redis.call('RPUSH', K_QUEUE, '')
+      redis.call('HINCRBY', K_META, 'tokens', 1)
+    end
+  elseif front then
+    redis.call('LPUSH', K_QUEUE, id)
+  else
+    redis.call('RPUSH', K_QUEUE, id)
+  end
+end
+
+local function forget(id)
+  redis.call('HDEL', K_MSGS, id)
+  redis.call('HDEL', K_PRI, id)
+  redis.call('HDEL', K_DELIV, id)
+end
+
+local function dead_letter(id, payload, why, now, ttl)
+  local key = id
+  if redis.call('ZSCORE', K_DEAD, key) then key = id .. '.' .. next_seq() end
+  redis.call('ZADD', K_DEAD, now, key)
+  redis.call('HSET', K_DEADMSGS, key, payload)
+  if why and why ~= '' then redis.call('HSET', K_DEADWHY, key, why) end
+  forget(id)
+  local old = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - ttl, 'LIMIT', 0, 100)
+  for _, k in ipairs(old) do
+    redis.call('ZREM', K_DEAD, k)
+    redis.call('HDEL', K_DEADMSGS, k)
+    redis.call('HDEL', K_DEADWHY, k)
+  end
+  redis.call('PEXPIRE', K_DEAD, ttl)
+  redis.call('PEXPIRE', K_DEADMSGS, ttl)
+  redis.call('PEXPIRE', K_DEADWHY, ttl)
+end
+
+-- A key of ours holding another type (someone else's value) is renamed to <key>.invalid, not crashed on.
+local EXPECT = {{K_MSGS, 'hash'}, {K_QUEUE, 'list'}, {K_PRIO, 'zset'}, {K_DELAYED, 'zset'}, {K_PRI, 'hash'},
+  {K_DELIV, 'hash'}, {K_HB, 'zset'}, {K_DEAD, 'zset'}, {K_DEADMSGS, 'hash'}, {K_DEADWHY, 'hash'}, {K_META, 'hash'}}
+local function quarantine()
+  local moved = {}
+  for _, e in ipairs(EXPECT) do
+    local t = redis.call('TYPE', e[1])['ok']
+    if t ~= 'none' and t ~= e[2] then
+      redis.call('RENAME', e[1], e[1] .. '.invalid')
+      table.insert(moved, e[1])
+      table.insert(moved, t)
+    end
+  end
+  return moved
+end
+
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# ARGV: now_ms, then (key, payload, priority, eta or "") per message. Returns quarantined keys.
+ENQUEUE = _COMMON + r"""
+local moved = quarantine()
+local now = tonumber(ARGV[1])
+for i = 2, #ARGV, 4 do
+  local id, payload, p, eta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  if redis.call('HSETNX', K_MSGS, id, payload) == 0 then
+    id = id .. '.' .. next_seq()
+    redis.call('HSET', K_MSGS, id, payload)
+  end
+  if p and p > 0 then redis.call('HSET', K_PRI, id, p) end
+  if eta and eta > now then
+    redis.call('ZADD', K_DELAYED, eta, id)
+  else
+    make_ready(id, false)
+  end
+end
+return moved
+"""
+
+# KEYS + held. ARGV: now_ms, count, cid, max_deliveries, dead_ttl, heartbeat_timeout, key prefix.
+# Returns {taken (key, payload, deliveries)*, missing keys, quarantined keys, reaped count,
+#          keys dead-lettered for too many deliveries, next eta or false}.
+FETCH = _COMMON + r"""
+local K_HELD = KEYS[12]
+local now, count, cid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local max_deliveries, ttl, hb_timeout, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local moved = quarantine()
+local rnow = server_ms()
+redis.call('ZADD', K_HB, rnow, cid)
+
+-- The reaper: consumers silent for longer than the heartbeat timeout give back what they held.
+local reaped, exhausted = 0, {}
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', K_HB, '-inf', rnow - hb_timeout, 'LIMIT', 0, 10)) do
+  local hk = prefix .. '.held.' .. gone
+  for _, id in ipairs(redis.call('SMEMBERS', hk)) do
+    local payload = redis.call('HGET', K_MSGS, id)
+    if payload then
+      local n = tonumber(redis.call('HGET', K_DELIV, id) or '0') or 0
+      if n >= max_deliveries then
+        dead_letter(id, payload, 'MaxDeliveriesExceeded: delivered ' .. n ..
+          ' times and its worker died each time (heartbeat lost)', now, ttl)
+        table.insert(exhausted, id)
+      else
+        make_ready(id, true)
+        reaped = reaped + 1
+      end
+    end
+  end
+  redis.call('DEL', hk)
+  redis.call('ZREM', K_HB, gone)
+end
+
+-- Promote due delayed messages, at most a bounded batch per call.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', K_DELAYED, id)
+  make_ready(id, false)
+end
+
+local taken, missing, got = {}, {}, 0
+local function take(id)
+  local payload = redis.call('HGET', K_MSGS, id)
+  if not payload then
+    if string.sub(id, 1, 1) == '{' then
+      dead_letter('pushed-' .. next_seq(), id, 'DecodeError: the queue list holds a payload instead of a ' ..
+        'message key (HSET the payload into .msgs, then RPUSH its key)', now, ttl)
+    end
+    table.insert(missing, id)
+    return
+  end
+  redis.call('SADD', K_HELD, id)
+  local n = redis.call('HINCRBY', K_DELIV, id, 1)
+  table.insert(taken, id)
+  table.insert(taken, payload)
+  table.insert(taken, n)
+  got = got + 1
+end
+
+if count > 0 then
+  local popped = redis.call('ZPOPMIN', K_PRIO, count)
+  for i = 1, #popped, 2 do take(popped[i]) end
+end
+local budget = count + 100
+while got < count and budget > 0 do
+  local id = redis.call('LPOP', K_QUEUE)
+  if not id then break end
+  budget = budget - 1
+  if id == '' then
+    if redis.call('HINCRBY', K_META, 'tokens', -1) < 0 then redis.call('HSET', K_META, 'tokens', 0) end
+  else
+    take(id)
+  end
+end
+
+local next_eta = false
+local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+if first[2] then next_eta = first[2] end
+return {taken, missing, moved, reaped, exhausted, next_eta}
+"""
+
+# KEYS + held. ARGV: keys. Forgets the messages this consumer still held. Returns how many.
+ACK = _COMMON + r"""
+local K_HELD = KEYS[12]
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('SREM', K_HELD, ARGV[i]) == 1 then
+    forget(ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS + held. ARGV: now_ms, dead_ttl, then (key, payload, why or "") per message.
+NACK = _COMMON + r"""
+local K_HELD = KEYS[12]
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n = 0
+for i = 3, #ARGV, 3 do
+  if redis.call('SREM', K_HELD, ARGV[i]) == 1 then
+    dead_letter(ARGV[i], ARGV[i + 1], ARGV[i + 2], now, ttl)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS + held. ARGV: cid, "all" or "some", then keys. Returns messages to the front of the queue
+# as if never fetched; "all" also retires the consumer.
+REQUEUE = _COMMON + r"""
+local K_HELD = KEYS[12]
+local ids = {}
+if ARGV[2] == 'all' then
+  ids = redis.call('SMEMBERS', K_HELD)
+else
+  for i = 3, #ARGV do table.insert(ids, ARGV[i]) end
+end
+local n = 0
+for i = #ids, 1, -1 do
+  local id = ids[i]
+  if redis.call('SREM', K_HELD, id) == 1 and redis.call('HEXISTS', K_MSGS, id) == 1 then
+    if redis.call('HINCRBY', K_DELIV, id, -1) <= 0 then redis.call('HDEL', K_DELIV, id) end
+    make_ready(id, true)
+    n = n + 1
+  end
+end
+if ARGV[2] == 'all' then
+  redis.call('DEL', K_HELD)
+  redis.call('ZREM', K_HB, ARGV[1])
+end
+return n
+"""
+
+# ARGV: cid. The heartbeat, in Redis server time so clocks of worker machines do not matter.
+HEARTBEAT = _COMMON + r"""
+redis.call('ZADD', K_HB, server_ms(), ARGV[1])
+return 1
+"""
+
+# ARGV: (dead key, priority) pairs. Moves dead letters back to ready. Returns how many moved.
+REQUEUE_DEAD = _COMMON + r"""
+local n = 0
+for i = 1, #ARGV, 2 do
+  local key, p = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('ZREM', K_DEAD, key) == 1 then
+    local payload = redis.call('HGET', K_DEADMSGS, key)
+    redis.call('HDEL', K_DEADMSGS, key)
+    redis.call('HDEL', K_DEADWHY, key)
+    if payload then
+      local id = key
+      if redis.call('HSETNX', K_MSGS, id, payload) == 0 then
+        id = key .. '.' .. next_seq()
+        redis.call('HSET', K_MSGS, id, payload)
+      end
+      if p and p > 0 then redis.call('HSET', K_PRI, id, p) end
+      make_ready(id, false)
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+PURGE_DEAD = _COMMON + r"""
+local n = redis.call('ZCARD', K_DEAD)
+redis.call('DEL', K_DEAD, K_DEADMSGS, K_DEADWHY)
+return n
+"""
+
+# ARGV: key prefix. Drops everything the queue holds, including what consumers hold.
+FLUSH = _COMMON + r"""
+if redis.call('TYPE', K_HB)['ok'] == 'zset' then
+  for _, cid in ipairs(redis.call('ZRANGE', K_HB, 0, -1)) do
+    redis.call('DEL', ARGV[1] .. '.held.' .. cid)
+  end
+end
+redis.call('DEL', K_MSGS, K_QUEUE, K_PRIO, K_DELAYED, K_PRI, K_DELIV, K_HB, K_DEAD, K_DEADMSGS, K_DEADWHY, K_META)
+return 1
+"""
+
+# ARGV: key prefix, now_ms, dead_ttl. Returns {ready, delayed, in_flight, dead}.
+COUNTS = _COMMON + r"""
+local moved = quarantine()
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local old = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - ttl, 'LIMIT', 0, 1000)
+for _, k in ipairs(old) do
+  redis.call('ZREM', K_DEAD, k)
+  redis.call('HDEL', K_DEADMSGS, k)
+  redis.call('HDEL', K_DEADWHY, k)
+end
+local tokens = tonumber(redis.call('HGET', K_META, 'tokens') or '0') or 0
+local ready = redis.call('ZCARD', K_PRIO) + redis.call('LLEN', K_QUEUE) - tokens
+if ready < 0 then ready = 0 end
+local held = 0
+for _, cid in ipairs(redis.call('ZRANGE', K_HB, 0, -1)) do
+  held = held + redis.call('SCARD', ARGV[1] .. '.held.' .. cid)
+end
+return {ready, redis.call('ZCARD', K_DELAYED), held, redis.call('ZCARD', K_DEAD)}
+"""
+
+SCRIPTS = {
+    "enqueue": ENQUEUE, "fetch": FETCH, "ack": ACK, "nack": NACK, "requeue": REQUEUE,
+    "heartbeat": HEARTBEAT, "requeue_dead": REQUEUE_DEAD, "purge_dead": PURGE_DEAD,
+    "flush": FLUSH, "counts": COUNTS,
+}

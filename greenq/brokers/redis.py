@@ -1,0 +1,451 @@
+"""The Redis broker: at-least-once delivery, crash-safe, one queue per hash slot.
+
+Every state change is one Lua script (see ``_redis_scripts``), so a message is
+always in exactly one place: ready, delayed, held by one consumer, or dead.
+
+Crash safety. Each consumer has an id and a ``held`` set in Redis; the broker
+beats a heartbeat for every open consumer from a real OS thread, so a greenlet
+hogging the hub cannot make its messages look abandoned. Each fetch also runs
+the reaper: consumers whose heartbeat is older than ``heartbeat_timeout`` give
+their messages back to the front of the queue, so after a ``kill -9`` they are
+redelivered within ``heartbeat_timeout`` plus one fetch timeout. A message
+delivered ``max_deliveries`` times without ever being settled (a job that
+keeps killing its process) is dead-lettered instead of looping forever.
+
+Costs. An idle consumer blocks in Redis (``BLMOVE`` on its own connection), so
+it costs one idle connection and no polling. A fetch, an ack batch and an
+``enqueue_many`` batch per queue are each one round trip. Producers share one
+``BlockingConnectionPool`` (``max_connections``), so hundreds of greenlets
+sending at once wait for a connection instead of opening hundreds.
+
+Redis Cluster works: pass ``client=redis.cluster.RedisCluster(...)``. Each
+queue's keys carry the hash tag ``{namespace:queue}`` and live in one slot.
+"""
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+
+from ..broker import DEAD_MESSAGE_TTL, Broker, Consumer
+from ..errors import BrokerError, DecodeError
+from ..errors import ConnectionError as GreenqConnectionError
+from ..message import Message, MessageProxy, current_millis
+from . import _redis_scripts, redact_url
+
+logger = logging.getLogger("greenq.brokers.redis")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_id_counter = itertools.count()
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _is_cluster(client):
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+class RedisBroker(Broker):
+    """A broker on Redis (or Redis Cluster) through redis-py.
+
+    ``url``: ``redis://[:password@]host:port/db``, ``rediss://`` for TLS, or
+    ``unix://``. ``namespace`` prefixes every key, so apps sharing one Redis do
+    not see each other. ``heartbeat_timeout`` (ms): how long a consumer may stay
+    silent before its messages are taken back. ``dead_message_ttl`` (ms): how
+    long dead letters are kept. ``max_deliveries``: deliveries without a settle
+    (crashes) before a message is dead-lettered. ``client``: a ready
+    ``redis.Redis`` or ``redis.cluster.RedisCluster`` to use instead of ``url``.
+    ``max_connections``: the size of the producers' shared pool.
+    """
+
+    def __init__(self, url=None, *, namespace="greenq", heartbeat_timeout=60000, dead_message_ttl=DEAD_MESSAGE_TTL,
+                 max_deliveries=5, client=None, middleware=None, max_connections=64, **client_options):
+        if not namespace or any(c in namespace for c in "{} "):
+            raise ValueError(f"bad namespace {namespace!r}: it must be non-empty, without braces or spaces")
+        if heartbeat_timeout <= 0 or max_deliveries < 1:
+            raise ValueError("heartbeat_timeout must be > 0 ms and max_deliveries >= 1")
+        import redis
+
+        self._redis = redis
+        super().__init__(middleware=middleware)
+        self.url = url or (None if client is not None else DEFAULT_URL)
+        self.namespace = namespace
+        self.heartbeat_timeout = int(heartbeat_timeout)
+        self.dead_message_ttl = int(dead_message_ttl)
+        self.max_deliveries = int(max_deliveries)
+        if client is None:
+            pool = redis.BlockingConnectionPool.from_url(
+                self.url, max_connections=max_connections, timeout=30, **client_options)
+            client = redis.Redis(connection_pool=pool)
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self._client_options = client_options
+        self.client = client
+        self.cluster = _is_cluster(client)
+        self._scripts = {name: client.register_script(text) for name, text in _redis_scripts.SCRIPTS.items()}
+        self._heartbeat = _Heartbeat(self)
+        self._closed = False
+
+    # --- naming ----------------------------------------------------------------------
+
+    @property
+    def where(self):
+        """The Redis this broker talks to, safe to print."""
+        if self.url:
+            return redact_url(self.url)
+        if self.cluster:
+            nodes = self.client.get_nodes()
+            return "redis-cluster(" + ", ".join(f"{n.host}:{n.port}" for n in nodes[:3]) + ")"
+        kwargs = self.client.connection_pool.connection_kwargs
+        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    def prefix(self, queue_name):
+        """The hash-tagged prefix of one queue's keys, e.g. ``{greenq:default}``."""
+        return "{%s:%s}" % (self.namespace, queue_name)
+
+    def keys_of(self, queue_name):
+        prefix = self.prefix(queue_name)
+        return [f"{prefix}.{name}" for name in _redis_scripts.QUEUE_KEYS]
+
+    # --- plumbing --------------------------------------------------------------------
+
+    @contextmanager
+    def translated(self, action):
+        """Turn redis-py's connection failures into greenq's ``ConnectionError``, naming the server."""
+        redis = self._redis
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            detail = str(e)
+            if self.url:
+                from urllib.parse import urlsplit
+
+                password = urlsplit(self.url).password
+                if password:
+                    detail = detail.replace(password, "***")
+            raise GreenqConnectionError(f"cannot reach Redis at {self.where} while {action}: {detail}") from None
+        except redis.exceptions.RedisError as e:
+            raise BrokerError(f"Redis at {self.where} refused {action}: {e}") from None
+
+    def run(self, name, queue_name, args=(), client=None, extra_keys=()):
+        """Run one of the scripts on a queue's keys."""
+        return self._scripts[name](keys=self.keys_of(queue_name) + list(extra_keys), args=list(args),
+                                   client=client or self.client)
+
+    def new_client(self):
+        """A client with its own connections, for blocking calls and the heartbeat thread."""
+        redis = self._redis
+        if self.cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            nodes = [ClusterNode(n.host, n.port) for n in self.client.get_nodes()]
+            return RedisCluster(startup_nodes=nodes)
+        if self.url:
+            return redis.Redis.from_url(self.url, **self._client_options)
+        pool = self.client.connection_pool
+        return redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **pool.connection_kwargs))
+
+    def _warn_quarantined(self, queue_name, moved):
+        for key, kind in zip(moved[::2], moved[1::2]):
+            logger.warning("Redis key %s (queue %r) held a %s, not a greenq structure; renamed it to %s.invalid "
+                           "and carried on.", _text(key), queue_name, _text(kind), _text(key))
+
+    # --- the contract ----------------------------------------------------------------
+
+    def _declare_queue(self, queue_name):
+        """Nothing to create: Redis makes keys on first write."""
+
+    def _enqueue(self, message, eta, priority):
+        self._enqueue_many([(message, eta, priority)])
+
+    def _enqueue_many(self, entries):
+        """One script call per queue with every message for it; all queues in one pipeline round trip."""
+        by_queue = {}
+        for message, eta, priority in entries:
+            by_queue.setdefault(message.queue_name, []).append(
+                (message.message_id, message.encode(), int(priority), "" if eta is None else int(eta)))
+        now = current_millis()
+        with self.translated(f"enqueueing {len(entries)} message(s)"):
+            calls = []
+            for queue_name, rows in by_queue.items():
+                for start in range(0, len(rows), 500):
+                    args = [now]
+                    for row in rows[start:start + 500]:
+                        args.extend(row)
+                    calls.append((queue_name, args))
+            if self.cluster or len(calls) == 1:
+                results = [(q, self.run("enqueue", q, args)) for q, args in calls]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for q, args in calls:
+                    self.run("enqueue", q, args, client=pipe)
+                results = list(zip([q for q, _ in calls], pipe.execute()))
+        for queue_name, moved in results:
+            if moved:
+                self._warn_quarantined(queue_name, moved)
+
+    def enqueue_raw(self, queue_name, payload, priority=0):
+        """Store bytes as they are under a fresh key, ready now (for other producers' tools and tests)."""
+        self.declare_queue(queue_name)
+        with self.translated("enqueueing a raw payload"):
+            self.run("enqueue", queue_name, [current_millis(), f"raw-{uuid.uuid4().hex}", payload, priority, ""])
+
+    def consume(self, queue_name, prefetch=1, timeout=1000):
+        self.declare_queue(queue_name)
+        return _RedisConsumer(self, queue_name, timeout / 1000)
+
+    def _flush(self, queue_name):
+        with self.translated(f"flushing queue {queue_name!r}"):
+            self.run("flush", queue_name, [self.prefix(queue_name)])
+
+    def queue_counts(self, queue_name):
+        self._check_queue(queue_name)
+        with self.translated("counting messages"):
+            ready, delayed, in_flight, dead = self.run(
+                "counts", queue_name, [self.prefix(queue_name), current_millis(), self.dead_message_ttl])
+        return {"ready": int(ready), "delayed": int(delayed), "in_flight": int(in_flight), "dead": int(dead)}
+
+    def _dead_entries(self, queue_name):
+        """[(dead key, Message)] oldest first; undecodable payloads become placeholder messages."""
+        keys = self.keys_of(queue_name)
+        dead_key, dead_msgs, dead_why = keys[7], keys[8], keys[9]
+        with self.translated("reading dead letters"):
+            self.queue_counts(queue_name)  # prunes expired ones first
+            entries = self.client.zrange(dead_key, 0, -1, withscores=True)
+            if not entries:
+                return []
+            ids = [k for k, _ in entries]
+            payloads = self.client.hmget(dead_msgs, ids)
+            whys = self.client.hmget(dead_why, ids)
+        out = []
+        for (key, failed_at), payload, why in zip(entries, payloads, whys):
+            key = _text(key)
+            why = _text(why) if why is not None else None
+            try:
+                message = Message.decode(payload)
+            except DecodeError as e:
+                message = Message(
+                    queue_name=queue_name, actor_name="<undecodable>", args=(), kwargs={},
+                    options={"failure": why or f"DecodeError: {e.reason}", "failed_at": int(failed_at),
+                             "raw": repr(payload)[:1000]},
+                    message_id=e.message_id or key)
+            else:
+                extra = {}
+                if "failure" not in message.options or why:
+                    extra["failure"] = why or "failed"
+                if "failed_at" not in message.options:
+                    extra["failed_at"] = int(failed_at)
+                if extra:
+                    message = message.copy(options={**message.options, **extra})
+            out.append((key, message))
+        return out
+
+    def dead_letters_of(self, queue_name):
+        self._check_queue(queue_name)
+        return [message for _, message in self._dead_entries(queue_name)]
+
+    def requeue_dead(self, queue_name, message_ids=None):
+        self._check_queue(queue_name)
+        wanted = None if message_ids is None else set(message_ids)
+        args = []
+        for key, message in self._dead_entries(queue_name):
+            if wanted is None or message.message_id in wanted:
+                args += [key, self.priority_of(message)]
+        if not args:
+            return 0
+        with self.translated("requeueing dead letters"):
+            return int(self.run("requeue_dead", queue_name, args))
+
+    def purge_dead(self, queue_name):
+        self._check_queue(queue_name)
+        with self.translated("purging dead letters"):
+            return int(self.run("purge_dead", queue_name))
+
+    def ping(self):
+        with self.translated("pinging"):
+            self.client.ping()
+
+    def close(self):
+        self._closed = True
+        self._heartbeat.stop()
+        if self._owns_client:
+            self.client.close()
+
+    def __repr__(self):
+        return f"RedisBroker({self.where!r}, namespace={self.namespace!r})"
+
+
+class _Heartbeat:
+    """One real OS thread per broker beats for every open consumer.
+
+    It runs outside the gevent hub, with its own Redis client, so a greenlet that
+    never yields delays nothing here: its worker's messages stay its own. It costs
+    one connection and one small script call per consumer every third of
+    ``heartbeat_timeout``.
+    """
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.consumers = {}  # cid -> queue name; written by the hub's thread, read here
+        self.running = False
+        self.started = False
+        self._lock = threading.Lock()
+        self.interval = max(0.05, broker.heartbeat_timeout / 3000)
+
+    def add(self, cid, queue_name):
+        self.consumers[cid] = queue_name
+        with self._lock:
+            if not self.started:
+                self.started = self.running = True
+                from ..concurrency import start_os_thread
+
+                start_os_thread(self._loop, name="greenq-redis-heartbeat")
+
+    def remove(self, cid):
+        self.consumers.pop(cid, None)
+
+    def stop(self):
+        self.running = False
+
+    def _loop(self):
+        from ..concurrency import os_sleep
+
+        client = None
+        while self.running:
+            os_sleep(self.interval)
+            if not self.running:
+                break
+            try:
+                if client is None:
+                    client = self.broker.new_client()
+                for cid, queue_name in list(self.consumers.items()):
+                    self.broker.run("heartbeat", queue_name, [cid], client=client)
+            except Exception as e:  # keep beating: a lost beat or two is what the timeout allows for
+                logger.warning("Heartbeat to Redis at %s failed (%s: %s); retrying.", self.broker.where,
+                               type(e).__name__, e)
+                client = None
+        if client is not None:
+            client.close()
+
+
+class _RedisConsumer(Consumer):
+    """Fetches one queue for one worker; blocks in Redis when the queue is empty."""
+
+    def __init__(self, broker, queue_name, timeout):
+        self.broker = broker
+        self.queue_name = queue_name
+        self._iter_timeout = timeout
+        self.cid = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.prefix = broker.prefix(queue_name)
+        self.held_key = f"{self.prefix}.held.{self.cid}"
+        self.queue_key = f"{self.prefix}.queue"
+        self._blocking = None  # its own connection, since BLMOVE holds one for its whole wait
+        self._closed = False
+        broker._heartbeat.add(self.cid, queue_name)
+
+    def _client(self):
+        if self._blocking is None:
+            self._blocking = self.broker.client if self.broker.cluster else self.broker.new_client()
+        return self._blocking
+
+    def fetch(self, count, timeout):
+        deadline = time.monotonic() + timeout
+        broker = self.broker
+        while True:
+            with broker.translated(f"fetching from queue {self.queue_name!r}"):
+                taken, next_eta = self._fetch_once(count)
+            if taken:
+                return taken
+            wait = deadline - time.monotonic()
+            if next_eta is not None:
+                wait = min(wait, max(0.0, (next_eta - current_millis()) / 1000))
+            if deadline - time.monotonic() <= 0:
+                return []
+            if wait >= 0.01:
+                with broker.translated(f"waiting on queue {self.queue_name!r}"):
+                    self._client().blmove(self.queue_key, self.queue_key, wait, "RIGHT", "RIGHT")
+            elif wait > 0:
+                time.sleep(wait)
+
+    def _fetch_once(self, count):
+        broker = self.broker
+        taken, missing, moved, reaped, exhausted, next_eta = broker.run(
+            "fetch", self.queue_name,
+            [current_millis(), count, self.cid, broker.max_deliveries, broker.dead_message_ttl,
+             broker.heartbeat_timeout, self.prefix],
+            client=self._client(), extra_keys=[self.held_key])
+        if moved:
+            broker._warn_quarantined(self.queue_name, moved)
+        for key in missing:
+            logger.warning("Queue %r listed message key %r with no payload in %s.msgs; skipped it.",
+                           self.queue_name, _text(key)[:200], self.prefix)
+        if reaped:
+            logger.warning("Took back %d message(s) on queue %r from worker(s) whose heartbeat stopped.",
+                           reaped, self.queue_name)
+        for key in exhausted:
+            logger.error("Dead-lettered message %s on queue %r: delivered %d times, its worker died each time.",
+                         _text(key), self.queue_name, broker.max_deliveries)
+        messages, bad = [], []
+        for i in range(0, len(taken), 3):
+            key, payload, deliveries = _text(taken[i]), taken[i + 1], int(taken[i + 2])
+            try:
+                message = Message.decode(payload)
+            except DecodeError as e:
+                logger.error("Dead-lettering undecodable message %s on queue %r: %s", e.message_id or key,
+                             self.queue_name, e.reason)
+                bad += [key, payload, f"DecodeError: {e.reason}"]
+                continue
+            messages.append(MessageProxy(message, receipt=key, redelivered=deliveries > 1))
+        if bad:
+            broker.run("nack", self.queue_name, [current_millis(), broker.dead_message_ttl] + bad,
+                       extra_keys=[self.held_key])
+        return messages, (None if next_eta in (None, False) else float(next_eta))
+
+    def _settle(self, name, args, action):
+        with self.broker.translated(action):
+            return self.broker.run(name, self.queue_name, args, extra_keys=[self.held_key])
+
+    def ack(self, messages):
+        if messages:
+            self._settle("ack", [m.receipt for m in messages], f"acking {len(messages)} message(s)")
+
+    def nack(self, messages):
+        if not messages:
+            return
+        args = [current_millis(), self.broker.dead_message_ttl]
+        for m in messages:
+            args += [m.receipt, m.to_message().encode(), ""]
+        self._settle("nack", args, f"dead-lettering {len(messages)} message(s)")
+
+    def requeue(self, messages):
+        if messages:
+            self._settle("requeue", [self.cid, "some"] + [m.receipt for m in messages],
+                         f"requeueing {len(messages)} message(s)")
+
+    def close(self):
+        """Give back everything still held, at once, and stop beating."""
+        if self._closed:
+            return
+        self._closed = True
+        self.broker._heartbeat.remove(self.cid)
+        try:
+            self._settle("requeue", [self.cid, "all"], "returning held messages")
+        finally:
+            if self._blocking is not None and self._blocking is not self.broker.client:
+                self._blocking.close()
+            self._blocking = None
+
+    def _crash(self):
+        """For tests: vanish like a killed process (no requeue, no more heartbeats)."""
+        self._closed = True
+        self.broker._heartbeat.remove(self.cid)
