@@ -198,17 +198,79 @@ def os_sleep(seconds):
         time.sleep(seconds)
 
 
+def original(module_name, attribute):
+    """The standard library's own ``module_name.attribute``, even under monkeypatching.
+
+    The process supervisor uses the unpatched ``select.poll`` and ``os.waitpid``
+    so the master process never starts a gevent hub: its children are forked
+    from a process with no event loop to inherit.
+    """
+    if using_gevent():
+        return gevent.monkey.get_original(module_name, attribute)
+    import importlib
+
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def fork():
+    """``os.fork`` that leaves the child ready to run gevent (a fresh hub, a reset loop).
+
+    Under gevent this skips the child watcher that the patched ``os.fork``
+    installs, which would start a hub in the parent; the supervisor reaps its
+    children itself with ``original("os", "waitpid")``.
+    """
+    if using_gevent():
+        import gevent.os
+
+        return gevent.os.fork_gevent()
+    import os
+
+    return os.fork()
+
+
+def on_signal(signum, callback):
+    """Call ``callback()`` when the process receives ``signum``.
+
+    Under gevent the callback runs in the hub (``gevent.signal_handler``), so
+    it may set events and spawn greenlets; under threads it runs in the main
+    thread between bytecodes. Either way it must return quickly.
+    """
+    if using_gevent():
+        return gevent.signal_handler(signum, callback)
+    import signal
+
+    return signal.signal(signum, lambda _signum, _frame: callback())
+
+
+def current_name():
+    """A name for the running greenlet or thread, for log records."""
+    if using_gevent():
+        glet = gevent.getcurrent()
+        name = getattr(glet, "name", None)
+        if isinstance(glet, gevent.Greenlet) and name:
+            return name
+        if glet.parent is None:  # the main greenlet of the main thread
+            return threading.main_thread().name
+        return name or "Greenlet"
+    return threading.current_thread().name
+
+
 def hub_blocked_monitor(threshold, report):
     """Report when one greenlet keeps the hub busy for longer than ``threshold`` seconds.
 
-    ``report(seconds)`` is called from a real OS thread, while the offender is
-    still running, so it can name the message the blocked greenlet holds.
-    Returns a callable that stops the monitor. Does nothing under threads, where
-    one busy thread does not stall the others.
+    ``report(seconds, frame)`` is called from a real OS thread, while the
+    offender is still running; ``frame`` is the hub thread's current frame (or
+    None), so the reporter can walk it to the actor and message the blocked
+    greenlet holds. Costs one loop timer every ``threshold / 4`` seconds and
+    one sleeping OS thread. Returns a callable that stops the monitor. Does
+    nothing under threads, where one busy thread does not stall the others.
     """
     if not using_gevent():
         return lambda: None
+    import sys
+
     hub = gevent.get_hub()
+    hub_thread = gevent.monkey.get_original("_thread", "get_ident")()
     state = {"beat": time.monotonic(), "reported": False, "running": True}
 
     def tick():
@@ -222,10 +284,10 @@ def hub_blocked_monitor(threshold, report):
         while state["running"]:
             os_sleep(threshold / 4)
             stalled = time.monotonic() - state["beat"]
-            if stalled > threshold and not state["reported"]:
+            if stalled > threshold and not state["reported"] and state["running"]:
                 state["reported"] = True
                 try:
-                    report(stalled)
+                    report(stalled, sys._current_frames().get(hub_thread))
                 except Exception:  # a reporter bug must not end the watch
                     logging.getLogger("greenq.concurrency").exception("The hub monitor's report failed.")
 
