@@ -17,6 +17,7 @@ from .errors import (
 from .message import Encoder, JSONEncoder, Message, MessageProxy, get_encoder, set_encoder
 from .middleware import Middleware
 from .worker import Worker
+from . import results  # noqa: E402 - registers the store_results / result_ttl actor options
 
 __all__ = [
     "Actor", "ActorNotFound", "ActorOptionError", "Broker", "BrokerError", "ConnectionError", "Consumer",

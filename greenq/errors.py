@@ -85,3 +85,24 @@ class Retry(GreenqError):
 
 class SkipMessage(GreenqError):
     """Raised by a middleware's ``before_process_message`` to skip a message."""
+
+
+class ResultError(GreenqError):
+    """Base class for the errors of ``message.get_result()``."""
+
+
+class ResultMissing(ResultError):
+    """No result is stored for the message (not finished yet, never stored, or expired)."""
+
+
+class ResultTimeout(ResultError):
+    """``get_result(block=True)`` waited ``timeout`` ms and no result arrived."""
+
+
+class ResultFailure(ResultError):
+    """The actor failed for good; ``type_name`` and ``text`` say how (the exception itself stays in the worker)."""
+
+    def __init__(self, message, type_name=None, text=None):
+        super().__init__(message)
+        self.type_name = type_name
+        self.text = text

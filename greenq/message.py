@@ -174,6 +174,21 @@ class Message:
             raise DecodeError("queue_name, actor_name and message_id must not be empty", data, message_id)
         return cls(**{name: fields[name] for name in FIELDS})
 
+    def get_result(self, *, backend=None, block=False, timeout=None):
+        """This message's stored result (see ``greenq.results``); ``timeout`` in ms when ``block``.
+
+        ``backend`` defaults to the one of the ``Results`` middleware on the global broker.
+        """
+        if backend is None:
+            from .broker import get_broker
+            from .results import Results
+
+            results = get_broker().get_middleware(Results)
+            if results is None:
+                raise RuntimeError("get_result() needs a backend: add a Results middleware to the broker or pass backend=")
+            backend = results.backend
+        return backend.get_result(self, block=block, timeout=timeout)
+
     def copy(self, **changes) -> "Message":
         values = {name: getattr(self, name) for name in FIELDS}
         values.update(changes)
