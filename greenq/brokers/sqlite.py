@@ -112,6 +112,14 @@ HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _CHUNK = 500  # rows per statement/transaction in batches, to keep each hub stall short
 
 
+class DatabaseFileError(BrokerConfigError, ConnectionError):
+    """The file is not a greenq database this greenq can use (foreign content, newer schema).
+
+    A ``BrokerConfigError`` by nature, and a ``ConnectionError`` too, so a
+    worker that cannot open its broker exits with the broker-connection code.
+    """
+
+
 def path_from_url(url):
     """The file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL, made absolute."""
     parts = urlsplit(url)
@@ -191,7 +199,7 @@ class Database:
             raise self._error(e) from None
 
     def _validate(self, conn, allow_fresh):
-        """Raise ``BrokerConfigError`` unless the file is a greenq database this code can use; True if empty."""
+        """Raise ``DatabaseFileError`` unless the file is a greenq database this code can use; True if empty."""
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -199,16 +207,16 @@ class Database:
         except sqlite3.DatabaseError as e:
             if _is_busy(e):
                 raise
-            raise BrokerConfigError(f"{self.path} is not a greenq database (SQLite says: {e})") from None
+            raise DatabaseFileError(f"{self.path} is not a greenq database (SQLite says: {e})") from None
         if app_id == 0 and tables == 0 and allow_fresh:
             return True
         if app_id != APPLICATION_ID:
-            raise BrokerConfigError(
+            raise DatabaseFileError(
                 f"{self.path} is not a greenq database (it is a SQLite file with other content); "
                 "point greenq at another file"
             )
         if version > SCHEMA_VERSION:
-            raise BrokerConfigError(
+            raise DatabaseFileError(
                 f"{self.path} was written by a newer greenq (schema version {version}; this greenq reads up to "
                 f"{SCHEMA_VERSION}); upgrade greenq or use another file"
             )
@@ -225,6 +233,8 @@ class Database:
         logger.info("Created the greenq database %s.", self.path)
 
     def _error(self, error):
+        if "not a database" in str(error):
+            return DatabaseFileError(f"{self.path} is not a greenq database (SQLite says: {error})")
         if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
             return ConnectionError(f"cannot open the SQLite broker file {self.path}: {error}")
         return ConnectionError(f"SQLite broker file {self.path}: {error}")
@@ -376,7 +386,7 @@ class SqliteBroker(Broker):
     """
 
     def __init__(self, path=None, *, url=None, visibility_timeout=None, heartbeat_timeout=15000,
-                 dead_message_ttl=DEAD_MESSAGE_TTL, max_deliveries=5, poll_interval=5, lock_timeout=30000,
+                 dead_message_ttl=DEAD_MESSAGE_TTL, max_deliveries=5, poll_interval=10, lock_timeout=30000,
                  middleware=None):
         if (path is None) == (url is None):
             raise ValueError("SqliteBroker needs exactly one of path= or url=")
@@ -497,7 +507,7 @@ class SqliteBroker(Broker):
             next_beat = time.monotonic() + interval
             while self._heartbeat_running and self._owner == owner and not self.db.closed:
                 if time.monotonic() < next_beat:
-                    concurrency.os_sleep(min(0.05, interval))
+                    concurrency.os_sleep(min(0.25, interval, next_beat - time.monotonic()))
                     continue
                 next_beat = time.monotonic() + interval
                 try:

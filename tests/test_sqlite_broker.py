@@ -1,0 +1,419 @@
+"""The embedded SQLite broker beyond the shared contract: files, processes, crashes, TTLs.
+
+The contract suite (``GREENQ_CONTRACT_BROKERS=sqlite``) covers the broker verbs;
+this file covers what only a file shared by processes has: bad paths and
+foreign files, several processes on one file, kill -9 of a worker, heartbeats,
+delivery limits, fork, and the dead-letter TTL.
+"""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import greenq
+from greenq.brokers import broker_from_url
+from greenq.brokers.sqlite import SCHEMA_VERSION, DatabaseFileError, SqliteBroker, path_from_url
+from greenq.errors import BrokerConfigError, ConnectionError
+from greenq.message import Message, current_millis
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def make_message(queue_name, *args):
+    return Message(queue_name=queue_name, actor_name="noop", args=args, kwargs={}, options={})
+
+
+def fetch_all(consumer, expected, timeout=10):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        got += consumer.fetch(expected - len(got), 0.5)
+    return got
+
+
+def wait_until(predicate, timeout=30, what="condition"):
+    """Poll state that has no event to wait on (another process, a file), up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_python(code, *args, timeout=60, **kwargs):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "greenq.sqlite3")
+
+
+@pytest.fixture
+def broker(db_path):
+    broker = SqliteBroker(path=db_path)
+    yield broker
+    broker.close()
+
+
+# --- paths and URLs ------------------------------------------------------------------------
+
+
+def test_urls_name_absolute_and_relative_paths(tmp_path, monkeypatch):
+    assert path_from_url("sqlite:////var/lib/greenq.db") == "/var/lib/greenq.db"
+    monkeypatch.chdir(tmp_path)
+    assert path_from_url("sqlite:///jobs.sqlite3") == str(tmp_path / "jobs.sqlite3")
+    assert path_from_url("sqlite://localhost/jobs.sqlite3") == str(tmp_path / "jobs.sqlite3")
+    for bad in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite://example.com/x.db"):
+        with pytest.raises(ValueError, match="sqlite"):
+            path_from_url(bad)
+    broker = broker_from_url("sqlite:///jobs.sqlite3")
+    try:
+        assert isinstance(broker, SqliteBroker)
+        assert broker.path == str(tmp_path / "jobs.sqlite3")
+        broker.ping()
+    finally:
+        broker.close()
+
+
+def test_default_broker_is_sqlite_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GREENQ_BROKER_URL", raising=False)
+    broker = greenq.get_broker()
+    try:
+        assert isinstance(broker, SqliteBroker)
+        assert broker.path == str(tmp_path / "greenq.sqlite3")
+        assert os.path.exists(broker.path)
+    finally:
+        broker.close()
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "nowhere" / "greenq.sqlite3")
+    with pytest.raises(ConnectionError) as info:
+        SqliteBroker(path=path)
+    assert path in str(info.value) and "does not exist" in str(info.value)
+
+
+def test_folder_without_write_permission_is_a_clear_error(tmp_path, monkeypatch):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = str(folder / "greenq.sqlite3")
+    if os.geteuid() == 0:
+        # Root writes anywhere, so the kernel cannot refuse it: make os.access answer as for a normal user.
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(folder) else real_access(p, mode))
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(ConnectionError) as info:
+            SqliteBroker(path=path)
+    finally:
+        folder.chmod(0o755)
+    assert path in str(info.value) and "permission" in str(info.value)
+    assert not os.path.exists(path)
+
+
+def test_a_read_only_file_is_a_clear_error(tmp_path, monkeypatch):
+    path = str(tmp_path / "greenq.sqlite3")
+    SqliteBroker(path=path).close()
+    if os.geteuid() == 0:
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == path else real_access(p, mode))
+    os.chmod(path, 0o444)
+    with pytest.raises(ConnectionError) as info:
+        SqliteBroker(path=path)
+    assert path in str(info.value) and "permission" in str(info.value)
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(db_path):
+    with open(db_path, "w") as f:
+        f.write("these are my notes, not a database\n" * 100)
+    before = open(db_path, "rb").read()
+    with pytest.raises(BrokerConfigError) as info:
+        SqliteBroker(path=db_path)
+    assert db_path in str(info.value) and "not a greenq database" in str(info.value)
+    assert isinstance(info.value, ConnectionError)  # so a worker exits with the broker-connection code
+    assert open(db_path, "rb").read() == before
+
+
+def test_a_foreign_sqlite_database_is_refused_and_left_alone(db_path):
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseFileError) as info:
+        SqliteBroker(path=db_path)
+    assert db_path in str(info.value) and "not a greenq database" in str(info.value)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"  # not even switched to WAL
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["customers"]
+    conn.close()
+
+
+def test_a_newer_schema_is_refused(db_path):
+    SqliteBroker(path=db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(DatabaseFileError) as info:
+        SqliteBroker(path=db_path)
+    message = str(info.value)
+    assert db_path in message and "newer greenq" in message and str(SCHEMA_VERSION + 1) in message
+
+
+def test_reopening_keeps_messages(db_path, queue_name):
+    first = SqliteBroker(path=db_path)
+    first.enqueue(make_message(queue_name, 1))
+    first.enqueue(make_message(queue_name, 2), delay=60000)
+    first.close()
+    second = SqliteBroker(path=db_path)
+    try:
+        assert second.queue_counts(queue_name) == {"ready": 1, "delayed": 1, "in_flight": 0, "dead": 0}
+        assert second.db.data_version() is not None
+        assert sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        second.close()
+
+
+def test_many_processes_create_the_same_fresh_file_at_once(db_path):
+    code = """
+        import sys
+        from greenq.brokers.sqlite import SqliteBroker
+        b = SqliteBroker(path=sys.argv[1])
+        b.enqueue_raw("q", b"x")
+        b.close()
+    """
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), db_path], env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    broker = SqliteBroker(path=db_path)
+    try:
+        assert broker.queue_counts("q")["ready"] == 4
+    finally:
+        broker.close()
+
+
+# --- dead letters, TTL and priorities --------------------------------------------------------
+
+
+def test_dead_letter_ttl_is_honoured(db_path, queue_name):
+    broker = SqliteBroker(path=db_path, dead_message_ttl=300)
+    try:
+        broker.enqueue_many([make_message(queue_name, i) for i in range(2)])
+        consumer = broker.consume(queue_name)
+        first, second = fetch_all(consumer, 2)
+        consumer.nack([first])
+        assert [m.message_id for m in broker.dead_letters_of(queue_name)] == [first.message_id]
+        wait_until(lambda: broker.queue_counts(queue_name)["dead"] == 0, 10, "the dead letter to expire")
+        assert broker.dead_letters_of(queue_name) == []
+        assert broker.requeue_dead(queue_name) == 0
+        consumer.nack([second])  # settling purges expired rows from the file
+        rows = sqlite3.connect(db_path).execute("SELECT message_id FROM greenq_dead").fetchall()
+        assert rows == [(second.message_id,)]
+        consumer.close()
+    finally:
+        broker.close()
+
+
+def test_default_dead_letter_ttl_is_seven_days(broker):
+    assert broker.dead_message_ttl == 7 * 24 * 3600 * 1000
+
+
+def test_delayed_higher_priority_goes_first_once_due(broker, queue_name):
+    @greenq.actor(queue_name=queue_name, priority=0, broker=broker)
+    def low():
+        pass
+
+    @greenq.actor(queue_name=queue_name, priority=9, broker=broker)
+    def high():
+        pass
+
+    low.send()
+    high.send_with_options(delay=300)
+    low.send()
+    consumer = broker.consume(queue_name)
+    first = consumer.fetch(1, 2)
+    assert first[0].actor_name == "low"
+    time.sleep(0.35)  # let the delayed message fall due: the delay itself is what is under test
+    rest = fetch_all(consumer, 2)
+    assert [m.actor_name for m in rest] == ["high", "low"]
+    consumer.ack(first + rest)
+    consumer.close()
+
+
+# --- processes, crashes and heartbeats -------------------------------------------------------
+
+HOLD_AND_DIE = """
+    import os, sys
+    from greenq.brokers.sqlite import SqliteBroker
+    b = SqliteBroker(path=sys.argv[1], heartbeat_timeout=500)
+    c = b.consume(sys.argv[2])
+    got = []
+    while len(got) < int(sys.argv[3]):
+        got += c.fetch(int(sys.argv[3]) - len(got), 1)
+    print(" ".join(m.message_id for m in got), flush=True)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_messages_held_by_a_killed_process_are_redelivered(db_path, queue_name):
+    broker = SqliteBroker(path=db_path, heartbeat_timeout=500)
+    try:
+        sent = broker.enqueue_many([make_message(queue_name, i) for i in range(3)])
+        result = run_python(HOLD_AND_DIE, db_path, queue_name, "3")
+        assert result.returncode == -9, result.stderr
+        assert sorted(result.stdout.split()) == sorted(m.message_id for m in sent)
+        assert broker.queue_counts(queue_name)["in_flight"] == 3
+        consumer = broker.consume(queue_name)
+        again = fetch_all(consumer, 3, timeout=20)
+        assert sorted(m.message_id for m in again) == sorted(m.message_id for m in sent)
+        assert all(m.redelivered for m in again)
+        consumer.ack(again)
+        assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+        consumer.close()
+    finally:
+        broker.close()
+
+
+def test_a_message_that_keeps_killing_processes_is_dead_lettered(db_path, queue_name):
+    broker = SqliteBroker(path=db_path, heartbeat_timeout=500, max_deliveries=2)
+    try:
+        (sent,) = broker.enqueue_many([make_message(queue_name, "poison")])
+        for _ in range(2):
+            wait_until(lambda: broker.queue_counts(queue_name)["ready"] == 1 or broker._maybe_reap(force=True) > 0,
+                       20, "the message to come back")
+            result = run_python(HOLD_AND_DIE, db_path, queue_name, "1")
+            assert result.stdout.split() == [sent.message_id], result.stderr
+        wait_until(lambda: broker._maybe_reap(force=True) > 0 or broker.queue_counts(queue_name)["dead"] == 1,
+                   20, "the reaper")
+        (dead,) = broker.dead_letters_of(queue_name)
+        assert dead.message_id == sent.message_id
+        assert "delivered 2 times" in dead.options["failure"] and "max_deliveries=2" in dead.options["failure"]
+        assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 1}
+    finally:
+        broker.close()
+
+
+def test_a_live_process_keeps_its_messages_past_the_heartbeat_timeout(db_path, queue_name):
+    holder = SqliteBroker(path=db_path, heartbeat_timeout=300)
+    other = SqliteBroker(path=db_path, heartbeat_timeout=300)
+    try:
+        holder.enqueue(make_message(queue_name, 1))
+        held = fetch_all(holder.consume(queue_name), 1)
+        consumer = other.consume(queue_name)
+        deadline = time.monotonic() + 1.5  # five heartbeat timeouts: the heartbeat thread keeps it alive
+        while time.monotonic() < deadline:
+            assert consumer.fetch(1, 0.2) == []
+            other._maybe_reap(force=True)
+        assert other.queue_counts(queue_name)["in_flight"] == 1
+        holder.close()  # graceful: back at once
+        assert [m.message_id for m in fetch_all(consumer, 1)] == [held[0].message_id]
+    finally:
+        other.close()
+
+
+def test_a_forked_child_uses_its_own_connection(broker, queue_name):
+    broker.enqueue_many([make_message(queue_name, i) for i in range(5)])
+    broker.consume(queue_name).close()  # the parent has a connection and an owner before the fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            consumer = broker.consume(queue_name)
+            got = fetch_all(consumer, 5)
+            consumer.ack(got)
+            code = 0 if len(got) == 5 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+
+
+def test_messages_enqueued_by_another_process_are_picked_up(broker, queue_name):
+    broker.declare_queue(queue_name)
+    consumer = broker.consume(queue_name)
+    assert consumer.fetch(1, 0.1) == []
+    code = """
+        import sys
+        from greenq.brokers.sqlite import SqliteBroker
+        from greenq.message import Message
+        b = SqliteBroker(path=sys.argv[1])
+        b.enqueue(Message(queue_name=sys.argv[2], actor_name="noop", args=[7], kwargs={}, options={}))
+        b.close()
+    """
+    result = run_python(code, broker.path, queue_name)
+    assert result.returncode == 0, result.stderr
+    (got,) = fetch_all(consumer, 1)
+    assert got.args == (7,)
+    consumer.ack([got])
+    consumer.close()
+
+
+def _start_worker(db_path, ledger, queue_name, greenlets=20, sleep_ms=20):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "sqlite_worker.py"), db_path, ledger, queue_name,
+                             str(greenlets), str(sleep_ms)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc
+
+
+def _ledger(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split() for line in f if line.strip()]
+
+
+def test_gevent_worker_processes_lose_nothing_when_one_is_killed(tmp_path, db_path, queue_name):
+    """Three gevent worker processes share one file; one is killed -9 mid-run; every message still runs."""
+    total = 1500
+    ledger = str(tmp_path / "ledger.txt")
+    broker = SqliteBroker(path=db_path, heartbeat_timeout=1000)
+    procs = []
+    try:
+        broker.enqueue_many([Message(queue_name=queue_name, actor_name="record", args=(i,), kwargs={}, options={})
+                             for i in range(total)])
+        procs = [_start_worker(db_path, ledger, queue_name) for _ in range(3)]
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        victim = procs[0]
+        wait_until(lambda: sum(1 for _, pid in _ledger(ledger) if int(pid) == victim.pid) >= 20, 60,
+                   "the victim to process some messages")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        with sqlite3.connect(db_path) as conn:  # within the 1 s heartbeat timeout: still held by the dead
+            held = conn.execute("SELECT count(*) FROM greenq_messages WHERE state = 2 AND owner LIKE ?",
+                                (f"%:{victim.pid}:%",)).fetchone()[0]
+        assert held > 0, "the victim held nothing when it was killed: the test proved nothing"
+        wait_until(lambda: len({i for i, _ in _ledger(ledger)}) == total, 90, "every message to be processed")
+        wait_until(lambda: broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0},
+                   30, "the queue to drain")
+        done = {int(i) for i, _ in _ledger(ledger)}
+        assert done == set(range(total))
+        survivors = procs[1:]
+        for proc in survivors:
+            proc.send_signal(signal.SIGTERM)
+        for proc in survivors:
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err[-3000:]
+            assert '"longest_call_ms"' in out
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        broker.close()
