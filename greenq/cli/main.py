@@ -55,28 +55,28 @@ def _csv(values):
 
 @click.command(help=_HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("modules", nargs=-1, required=True)
-@click.option("-p", "--processes", type=click.IntRange(min=1), default=None,
+@click.option("-p", "--processes", type=click.IntRange(min=1), default=None, metavar="N",
               help="Worker processes to fork [default: the number of CPU cores].")
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help=_threads_help())
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, metavar="N", help=_threads_help())
 @click.option("--path", "paths", multiple=True, default=(".",), show_default=True,
-              type=click.Path(exists=True, file_okay=False),
+              type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Directory to put first on sys.path before importing MODULES (repeatable).")
-@click.option("-Q", "--queues", multiple=True,
+@click.option("-Q", "--queues", multiple=True, metavar="QUEUE",
               help="Only consume these queues (repeatable, or comma-separated) [default: every declared queue].")
 @click.option("--pid-file", type=click.Path(dir_okay=False),
               help="Write the master's pid here; refuse to start (exit code 4) if a running greenq holds it.")
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="Append logs here instead of writing them to stderr.")
 @click.option("--worker-shutdown-timeout", "shutdown_timeout", type=click.IntRange(min=0), default=600000,
-              show_default=True,
+              show_default=True, metavar="MS",
               help="Milliseconds a stopping worker waits for in-flight messages before requeueing them.")
-@click.option("--watch", multiple=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--watch", multiple=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Reload (as on HUP) when a .py file under this directory changes; polled every second.")
-@click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None,
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None, metavar="N",
               help="Replace a worker process, gracefully, after it has processed this many messages.")
 @click.option("--max-memory-per-child", type=click.IntRange(min=1), default=None, metavar="KIB",
               help="Replace a worker process, gracefully, once its resident memory reaches this many KiB.")
-@click.option("--hub-block-threshold", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--hub-block-threshold", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               help="greenq-gevent: log any greenlet that blocks the event loop for longer than this many "
                    "seconds, with its actor and message id (0 turns it off).")
 @click.option("--quiet-messages", is_flag=True,
