@@ -417,3 +417,92 @@ def test_gevent_worker_processes_lose_nothing_when_one_is_killed(tmp_path, db_pa
                 proc.kill()
                 proc.wait()
         broker.close()
+
+
+# --- the result back end on the same file ------------------------------------------------------
+
+from greenq.results import ResultFailure, ResultMissing, Results  # noqa: E402
+from greenq.results.sqlite import SqliteBackend  # noqa: E402
+
+
+def test_results_of_workers_on_the_sqlite_file(broker, queue_name):
+    backend = SqliteBackend(broker=broker)
+    broker.add_middleware(Results(backend=backend))
+    greenq.set_broker(broker)
+
+    @greenq.actor(queue_name=queue_name, store_results=True, result_ttl=60000, max_retries=0)
+    def divide(x, y):
+        return {"quotient": x / y}
+
+    good, bad = divide.send(6, 3), divide.send(1, 0)
+    with pytest.raises(ResultMissing):
+        good.get_result()
+    worker = greenq.Worker(broker, worker_timeout=100, worker_threads=2)
+    worker.start()
+    try:
+        assert good.get_result(block=True, timeout=10000) == {"quotient": 2.0}
+        with pytest.raises(ResultFailure, match="ZeroDivisionError"):
+            bad.get_result(block=True, timeout=10000)
+    finally:
+        worker.stop(timeout=5000)
+    # another process reads the same file
+    code = """
+        import sys
+        from greenq.results.sqlite import SqliteBackend
+        backend = SqliteBackend(url="sqlite:///" + sys.argv[1])  # an absolute path: sqlite:////...
+        print(backend.get_result(sys.argv[2]))
+        backend.close()
+    """
+    result = run_python(code, broker.path, good.message_id)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{'quotient': 2.0}"
+
+
+def test_a_result_stored_by_another_process_wakes_a_waiter(db_path):
+    backend = SqliteBackend(path=db_path)
+    try:
+        code = """
+            import sys, time
+            from greenq.results.sqlite import SqliteBackend
+            backend = SqliteBackend(path=sys.argv[1])
+            time.sleep(0.3)
+            backend.store_result("mid-1", [1, 2], 60000)
+            backend.close()
+        """
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), db_path], env=env)
+        try:
+            assert backend.get_result("mid-1", block=True, timeout=20000) == [1, 2]
+        finally:
+            proc.wait(30)
+    finally:
+        backend.close()
+
+
+def test_results_expire_and_are_purged(db_path):
+    backend = SqliteBackend(path=db_path)
+    try:
+        backend.store_result("short", 1, 100)
+        backend.store_result("long", 2, 60000)
+        assert backend.get_result("short") == 1
+        wait_until(lambda: backend._load("short") is None, 10, "the result to expire")
+        with pytest.raises(ResultMissing):
+            backend.get_result("short")
+        backend._next_purge = 0
+        backend.store_result("other", 3, 60000)
+        keys = {r[0] for r in sqlite3.connect(db_path).execute("SELECT key FROM greenq_results")}
+        assert keys == {"long", "other"}
+        backend.flush()
+        with pytest.raises(ResultMissing):
+            backend.get_result("long")
+    finally:
+        backend.close()
+
+
+def test_result_backend_refuses_a_foreign_file(db_path):
+    with open(db_path, "w") as f:
+        f.write("not sqlite\n" * 200)
+    with pytest.raises(DatabaseFileError, match="not a greenq database"):
+        SqliteBackend(path=db_path)
+    with pytest.raises(ValueError):
+        SqliteBackend()
