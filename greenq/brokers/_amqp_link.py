@@ -1,0 +1,283 @@
+"""One AMQP connection, owned by one I/O task, shared by every greenlet of a process.
+
+pika's ``BlockingConnection`` is not safe for concurrent use, and a connection per
+greenlet would put hundreds of connections on the server. So each ``Link`` has a
+single owner: one greenlet under gevent, one thread otherwise (spawned through
+``greenq.concurrency``). Other greenlets hand it work with ``call(fn)``: the
+request goes into a deque, the owner is woken at once through pika's
+``add_callback_threadsafe`` (a byte on the I/O loop's wake-up socket, so an idle
+owner never makes a caller wait for its poll timeout), runs ``fn(link)`` on its
+own connection and hands back the result or the exception.
+
+What it costs: every AMQP operation is one hop to the owner and back (a few
+microseconds under gevent, a thread switch otherwise), and the owner does one
+thing at a time, so a publish that waits for its confirm delays the requests
+queued behind it. Publishers and consumers therefore use two links (two
+connections per broker and process): acks never wait behind publisher confirms
+or RabbitMQ's flow control of publishing connections.
+
+Reconnection: when the connection drops, the owner reconnects with exponential
+backoff (0.1 s doubling to 5 s) and runs the ``on_connect`` hooks (consumers
+subscribe again). A request marked ``retry=True`` that failed because the
+connection was lost is run again on the new connection (a publish may then be
+stored twice: at-least-once, never lost). Other requests fail with
+``greenq.errors.ConnectionClosed``. ``generation`` counts connections, so
+delivery tags of an earlier connection are recognised as stale.
+
+After ``os.fork`` the child must not touch the parent's socket: a link notices
+the new pid and starts afresh.
+"""
+
+import collections
+import logging
+import os
+import threading
+import time
+
+import pika
+import pika.exceptions
+
+from .. import concurrency
+from ..errors import ConnectionClosed, ConnectionError
+from . import redact_url
+
+logger = logging.getLogger("greenq.brokers.rabbitmq")
+
+#: Exceptions that mean the connection (not just a channel) is gone.
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.StreamLostError,
+    ConnectionResetError,
+    BrokenPipeError,
+    OSError,
+)
+
+_IDLE_WAIT = 1.0        # seconds the owner waits for I/O when nothing is asked of it
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 5.0
+
+
+class _Request:
+    __slots__ = ("fn", "retry", "done", "result", "error", "state", "detached")
+
+    def __init__(self, fn, retry, detached=False):
+        self.fn = fn
+        self.detached = detached
+        self.retry = retry
+        self.done = threading.Event()
+        self.result = None
+        self.error = None
+        self.state = "queued"  # queued -> running -> done, or queued -> cancelled
+
+
+class Link:
+    """A lazily opened AMQP connection with a single owner task. See the module docstring."""
+
+    def __init__(self, url, role, *, heartbeat=60):
+        self.url = url
+        self.role = role
+        self.generation = 0
+        self.connection = None
+        self.last_error = None
+        self._heartbeat = heartbeat
+        self._on_connect = []
+        self._lock = threading.Lock()
+        self._reset_state()
+
+    def _reset_state(self):
+        self._pid = os.getpid()
+        self._requests = collections.deque()
+        self._owner = None
+        self._owner_ident = None
+        self._closed = False
+        self.connection = None
+        self.connection_name = f"greenq {self.role} pid={self._pid} link={id(self):x}"
+
+    # --- used by everyone ---------------------------------------------------------------
+
+    def add_on_connect(self, hook):
+        """Run ``hook(link)`` in the owner after every (re)connection."""
+        self._on_connect.append(hook)
+
+    def remove_on_connect(self, hook):
+        try:
+            self._on_connect.remove(hook)
+        except ValueError:
+            pass
+
+    def in_owner(self):
+        return self._owner_ident is not None and concurrency.current() == self._owner_ident
+
+    def call(self, fn, *, timeout=30.0, retry=False):
+        """Run ``fn(link)`` in the owner and return its result (or raise its exception).
+
+        Waits up to ``timeout`` seconds, reconnections included; past it raises
+        ``greenq.errors.ConnectionError`` naming the server (never its password).
+        """
+        if self.in_owner():
+            return fn(self)
+        request = _Request(fn, retry)
+        self._submit(request)
+        if not request.done.wait(timeout):
+            with self._lock:
+                if request.state == "queued":
+                    request.state = "cancelled"
+            if request.state == "cancelled":
+                detail = f": {self.last_error}" if self.last_error else ""
+                raise ConnectionError(
+                    f"RabbitMQ at {redact_url(self.url)} did not answer within {timeout:g}s{detail}"
+                )
+            request.done.wait()  # already running: it finishes soon, one way or the other
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def submit(self, fn):
+        """Run ``fn(link)`` in the owner without waiting for it (errors are logged)."""
+        self._submit(_Request(fn, False, detached=True))
+
+    def _submit(self, request):
+        with self._lock:
+            if os.getpid() != self._pid:
+                self._reset_state()  # forked: the parent's socket and owner are not ours
+            if self._closed:
+                raise ConnectionClosed(f"the {self.role} link to {redact_url(self.url)} is closed")
+            self._requests.append(request)
+            if self._owner is None:
+                self._owner = concurrency.spawn(self._run, name=f"greenq-amqp-{self.role}")
+        self._wake()
+
+    def _wake(self):
+        connection = self.connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(_noop)
+            except CONNECTION_ERRORS + (AttributeError,):
+                pass  # reconnecting: the owner drains the deque once connected
+
+    def close(self, timeout=5.0):
+        """Close the connection; queued requests fail. Idempotent."""
+        with self._lock:
+            if os.getpid() != self._pid:
+                self._reset_state()
+            if self._closed:
+                return
+            self._closed = True
+            owner = self._owner
+        self._wake()
+        if owner is not None and not self.in_owner():
+            owner.join(timeout)
+
+    # --- the owner --------------------------------------------------------------------
+
+    def _run(self):
+        self._owner_ident = concurrency.current()
+        backoff = _BACKOFF_FIRST
+        try:
+            while not self._closed:
+                if self.connection is None or not self.connection.is_open:
+                    if not self._connect():
+                        self._pause(backoff)
+                        backoff = min(backoff * 2, _BACKOFF_MAX)
+                        continue
+                    backoff = _BACKOFF_FIRST
+                try:
+                    self._drain()
+                    if not self._closed:
+                        self.connection.process_data_events(time_limit=_IDLE_WAIT)
+                except CONNECTION_ERRORS as e:
+                    self._lost(e)
+        finally:
+            self._shutdown()
+
+    def _connect(self):
+        params = pika.URLParameters(self.url)
+        params.client_properties = {"connection_name": self.connection_name, "product": "greenq"}
+        if "heartbeat" not in self.url:
+            params.heartbeat = self._heartbeat
+        params.blocked_connection_timeout = 300
+        try:
+            self.connection = pika.BlockingConnection(params)
+        except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as e:
+            self.connection = None
+            self.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            logger.warning("Cannot connect to RabbitMQ at %s (%s); retrying.", redact_url(self.url), self.last_error)
+            return False
+        self.generation += 1
+        if self.generation > 1:
+            logger.info("Reconnected the %s link to RabbitMQ at %s.", self.role, redact_url(self.url))
+        self.last_error = None
+        try:
+            for hook in list(self._on_connect):
+                hook(self)
+        except CONNECTION_ERRORS as e:
+            self._lost(e)
+            return False
+        return True
+
+    def _pause(self, seconds):
+        """Back off between connection attempts, waking early when closed."""
+        deadline = time.monotonic() + seconds
+        while not self._closed and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _drain(self):
+        while self._requests and not self._closed:
+            with self._lock:
+                request = self._requests.popleft()
+                if request.state == "cancelled":
+                    continue
+                request.state = "running"
+            try:
+                request.result = request.fn(self)
+            except CONNECTION_ERRORS as e:
+                if request.retry:
+                    with self._lock:
+                        request.state = "queued"
+                        self._requests.appendleft(request)
+                else:
+                    self._finish(request, ConnectionClosed(
+                        f"lost the connection to RabbitMQ at {redact_url(self.url)} during the request: {e!r}"))
+                raise
+            except Exception as e:  # handed to the caller, who decides
+                self._finish(request, e)
+            else:
+                self._finish(request, None)
+
+    def _finish(self, request, error):
+        request.error = error
+        request.state = "done"
+        if error is not None and request.detached:
+            logger.error("A background RabbitMQ request on the %s link failed: %s: %s",
+                         self.role, type(error).__name__, error)
+        request.done.set()
+
+    def _lost(self, error):
+        self.last_error = f"{type(error).__name__}: {error}"
+        if not self._closed:
+            logger.warning("Lost the %s connection to RabbitMQ at %s (%s); reconnecting.",
+                           self.role, redact_url(self.url), self.last_error)
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except CONNECTION_ERRORS + (pika.exceptions.AMQPError,):
+                pass  # already gone; closing is only to free the socket
+
+    def _shutdown(self):
+        connection, self.connection = self.connection, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as e:
+                logger.debug("Closing the %s connection failed: %s", self.role, e)
+        with self._lock:
+            pending, self._requests = list(self._requests), collections.deque()
+        for request in pending:
+            if request.state == "queued":
+                self._finish(request, ConnectionClosed(f"the {self.role} link to {redact_url(self.url)} was closed"))
+
+
+def _noop():
+    pass
