@@ -1,0 +1,429 @@
+"""RedisBroker on a real Redis: crash safety, namespaces, delays, the hand-written recipe, bad input.
+
+The broker contract itself runs in tests/contract (GREENQ_CONTRACT_BROKERS=redis).
+Worker processes run under gevent (tests/redis_worker.py); a private
+redis-server on a port in 16000-16999 serves the tests that break connections.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import greenq
+from greenq.message import Message, current_millis
+
+from conftest import REDIS_URL, port_open, require_server
+
+HERE = os.path.dirname(__file__)
+
+
+@pytest.fixture
+def namespace():
+    return f"greenq-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def raw():
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make(namespace):
+    from greenq.brokers.redis import RedisBroker
+
+    made = []
+
+    def build(**options):
+        require_server("Redis", "127.0.0.1", 6379)
+        options.setdefault("namespace", namespace)
+        broker = RedisBroker(REDIS_URL, **options)
+        broker.emit_after("process_boot")
+        made.append(broker)
+        return broker
+
+    yield build
+    for broker in made:
+        broker.flush_all()
+        broker.close()
+
+
+def message_for(queue_name, actor_name="noop", args=()):
+    return Message(queue_name=queue_name, actor_name=actor_name, args=args, kwargs={}, options={})
+
+
+def fetch_all(consumer, expected, timeout=10):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        got += consumer.fetch(expected - len(got), 0.5)
+    return got
+
+
+def wait_list(raw, key, count, timeout=30):
+    """Block on a Redis list until it holds ``count`` items (the worker process's progress marks)."""
+    deadline = time.monotonic() + timeout
+    while raw.llen(key) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{key} has {raw.llen(key)} item(s), expected {count}"
+        raw.blmove(key, key, min(left, 0.5), "RIGHT", "RIGHT")
+    return [int(x) for x in raw.lrange(key, 0, -1)]
+
+
+def start_worker_process(namespace, queue_name, heartbeat, mode, threads=5):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "redis_worker.py"), REDIS_URL, namespace, queue_name,
+         str(heartbeat), mode, str(threads)],
+        stderr=subprocess.DEVNULL)
+
+
+def drop_marks(raw, namespace):
+    raw.delete(*[f"{namespace}:{name}" for name in ("started", "finished", "ready", "stopped", "stop")])
+
+
+# --- crash safety -------------------------------------------------------------------------
+
+
+def test_kill_9_of_a_worker_process_loses_nothing(make, raw, namespace, queue_name, recorder):
+    broker = make(heartbeat_timeout=1500)
+
+    @greenq.actor(queue_name=queue_name, broker=broker, actor_name="hold")
+    def hold(i):
+        recorder.add(i)
+
+    hold.send_many([(i,) for i in range(5)])
+    proc = start_worker_process(namespace, queue_name, 1500, "sleep", threads=5)
+    try:
+        assert sorted(wait_list(raw, f"{namespace}:started", 5)) == list(range(5))
+        assert broker.queue_counts(queue_name)["in_flight"] == 5
+        proc.kill()  # SIGKILL: no requeue, no goodbye
+        proc.wait(10)
+        worker = greenq.Worker(broker, worker_threads=5, worker_timeout=100)
+        worker.start()
+        try:
+            assert sorted(recorder.wait_for(5, timeout=30)) == list(range(5))
+            worker.join(10000)
+        finally:
+            worker.stop(timeout=5000)
+        assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        drop_marks(raw, namespace)
+
+
+def test_graceful_stop_of_a_worker_process_requeues_at_once(make, raw, namespace, queue_name):
+    broker = make(heartbeat_timeout=60000)  # a minute: only an explicit requeue can explain what follows
+    broker.enqueue_many([message_for(queue_name, "hold", (i,)) for i in range(4)])
+    proc = start_worker_process(namespace, queue_name, 60000, "sleep", threads=1)
+    try:
+        wait_list(raw, f"{namespace}:started", 1)
+        raw.rpush(f"{namespace}:stop", 1)
+        wait_list(raw, f"{namespace}:stopped", 1)
+        assert proc.wait(20) == 0
+        counts = broker.queue_counts(queue_name)
+        assert counts == {"ready": 4, "delayed": 0, "in_flight": 0, "dead": 0}, counts
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        drop_marks(raw, namespace)
+
+
+def test_a_greenlet_hogging_the_hub_does_not_lose_its_message(make, raw, namespace, queue_name):
+    broker = make(heartbeat_timeout=1000)
+    broker.enqueue(message_for(queue_name, "hold", (7,)))
+    proc = start_worker_process(namespace, queue_name, 1000, "hog", threads=1)
+    try:
+        wait_list(raw, f"{namespace}:started", 1)
+        rival = broker.consume(queue_name)
+        stolen = []
+        while raw.llen(f"{namespace}:finished") == 0 and proc.poll() is None:
+            stolen += rival.fetch(1, 0.2)  # reaps, if the hogging worker looked dead
+        assert stolen == [], "the message was taken from a live worker whose hub was busy"
+        assert wait_list(raw, f"{namespace}:finished", 1) == [7]
+        rival.close()
+        raw.rpush(f"{namespace}:stop", 1)
+        assert proc.wait(20) == 0
+        assert raw.lrange(f"{namespace}:started", 0, -1) == [b"7"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        drop_marks(raw, namespace)
+
+
+def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(make, queue_name):
+    broker = make(heartbeat_timeout=200, max_deliveries=3)
+    sent = broker.enqueue(message_for(queue_name, "crashy"))
+    for attempt in range(1, 4):
+        consumer = broker.consume(queue_name)
+        (got,) = fetch_all(consumer, 1)
+        assert got.message_id == sent.message_id and got.redelivered == (attempt > 1)
+        consumer._crash()  # as if kill -9: holds the message, beats no more
+    survivor = broker.consume(queue_name)
+    deadline = time.monotonic() + 10
+    while not broker.dead_letters_of(queue_name) and time.monotonic() < deadline:
+        assert survivor.fetch(1, 0.2) == []
+    (dead,) = broker.dead_letters_of(queue_name)
+    assert dead.message_id == sent.message_id
+    assert dead.options["failure"].startswith("MaxDeliveriesExceeded: delivered 3 times")
+    assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 1}
+    survivor.close()
+
+
+# --- isolation, delays, priorities ---------------------------------------------------------
+
+
+def test_two_namespaces_side_by_side_do_not_see_each_other(make, queue_name):
+    one = make(namespace=f"greenq-test-a-{uuid.uuid4().hex[:6]}")
+    two = make(namespace=f"greenq-test-b-{uuid.uuid4().hex[:6]}")
+    a = one.enqueue(message_for(queue_name, args=("a",)))
+    b = two.enqueue(message_for(queue_name, args=("b",)))
+    for broker, expected in ((one, a), (two, b)):
+        consumer = broker.consume(queue_name)
+        got = fetch_all(consumer, 2, timeout=1)
+        assert [m.message_id for m in got] == [expected.message_id]
+        consumer.ack(got)
+        consumer.close()
+
+
+def test_delayed_messages_are_promoted_exactly_once_with_racing_consumers(make, queue_name):
+    broker = make()
+    eta_delay = 500
+    sent = broker.enqueue_many([message_for(queue_name, args=(i,)) for i in range(30)], delay=eta_delay)
+    got, lock = [], threading.Lock()
+
+    def consume():
+        consumer = broker.consume(queue_name)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(got) < 30:
+            batch = consumer.fetch(5, 0.2)
+            with lock:
+                got.extend(batch)
+            consumer.ack(batch)
+        consumer.close()
+
+    racers = [threading.Thread(target=consume) for _ in range(3)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(20)
+    assert sorted(m.args[0] for m in got) == list(range(30))
+    assert all(current_millis() >= m.options["eta"] for m in got)
+    assert {m.message_id for m in got} == {m.message_id for m in sent}
+
+
+def test_requeued_high_priority_message_wakes_a_blocked_consumer(make, queue_name):
+    broker = make()
+
+    @greenq.actor(queue_name=queue_name, broker=broker, priority=3)
+    def urgent():
+        pass
+
+    urgent.send()
+    first = broker.consume(queue_name)
+    (held,) = fetch_all(first, 1)
+    waiter = broker.consume(queue_name)
+    result = []
+    thread = threading.Thread(target=lambda: result.extend(waiter.fetch(1, 10)))
+    thread.start()
+    first.requeue([held])
+    thread.join(15)
+    assert [m.message_id for m in result] == [held.message_id]
+    waiter.ack(result)
+    first.close()
+    waiter.close()
+
+
+# --- other languages ---------------------------------------------------------------------
+
+
+def test_hand_written_redis_cli_recipe_is_processed(make, namespace, queue_name, recorder):
+    broker = make()
+
+    @greenq.actor(queue_name=queue_name, broker=broker, actor_name="add")
+    def add(x, y):
+        recorder.add(x + y)
+
+    message_id = str(uuid.uuid4())
+    payload = json.dumps({"queue_name": queue_name, "actor_name": "add", "args": [1, 2], "kwargs": {},
+                          "options": {}, "message_id": message_id, "message_timestamp": 1498557015410})
+    prefix = "{%s:%s}" % (namespace, queue_name)
+    for command in (["HSET", f"{prefix}.msgs", message_id, payload], ["RPUSH", f"{prefix}.queue", message_id]):
+        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", *command], check=True,
+                       stdout=subprocess.DEVNULL)
+    worker = greenq.Worker(broker, worker_timeout=100)
+    worker.start()
+    try:
+        assert recorder.wait_for(1) == [3]
+    finally:
+        worker.stop(timeout=5000)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_bad_input_is_logged_and_set_aside_never_a_crash(make, raw, namespace, queue_name, caplog):
+    broker = make()
+    broker.declare_queue(queue_name)
+    prefix = "{%s:%s}" % (namespace, queue_name)
+    raw.set(f"{prefix}.delayed", "someone else's value")  # a key of ours holding a foreign type
+    raw.rpush(f"{prefix}.queue", "id-without-payload")
+    raw.rpush(f"{prefix}.queue", json.dumps({"pushed": "a payload instead of an id"}))
+    raw.hset(f"{prefix}.msgs", "not-wire-format", "[1, 2, 3]")
+    raw.rpush(f"{prefix}.queue", "not-wire-format")
+    good = broker.enqueue(message_for(queue_name))
+    consumer = broker.consume(queue_name)
+    got = fetch_all(consumer, 1)
+    assert [m.message_id for m in got] == [good.message_id]
+    consumer.ack(got)
+    assert raw.type(f"{prefix}.delayed.invalid") == b"string"
+    failures = sorted(m.options["failure"] for m in broker.dead_letters_of(queue_name))
+    assert len(failures) == 2 and all(f.startswith("DecodeError") for f in failures), failures
+    text = caplog.text
+    assert "id-without-payload" in text and ".delayed.invalid" in text
+    raw.delete(f"{prefix}.delayed.invalid")
+    consumer.close()
+
+
+def test_unreachable_redis_raises_greenq_connection_error_without_password(queue_name):
+    from greenq.brokers.redis import RedisBroker
+
+    broker = RedisBroker("redis://:hunter2@127.0.0.1:16998/0")
+    try:
+        with pytest.raises(greenq.ConnectionError) as info:
+            broker.enqueue(message_for(queue_name))
+        assert "hunter2" not in str(info.value) and "127.0.0.1:16998" in str(info.value)
+        with pytest.raises(greenq.ConnectionError):
+            broker.ping()
+    finally:
+        broker.close()
+
+
+def test_broker_from_url_picks_redis():
+    from greenq.brokers import broker_from_url
+    from greenq.brokers.redis import RedisBroker
+
+    broker = broker_from_url("redis://127.0.0.1:6379/0")
+    assert isinstance(broker, RedisBroker)
+    broker.close()
+
+
+# --- a private redis-server for the tests that break connections -----------------------------
+
+
+def free_port():
+    for port in range(16100 + os.getpid() % 400, 16999):
+        if not port_open("127.0.0.1", port):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port in 16100-16999")
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not port_open("127.0.0.1", port):
+        assert time.monotonic() < deadline and server.poll() is None, "private redis-server did not start"
+        time.sleep(0.05)  # waiting for a process to listen, which has no event
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(10)
+
+
+def test_worker_reconnects_after_losing_its_connections(private_redis, queue_name, recorder):
+    import redis
+
+    from greenq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(private_redis, namespace="reconnect")
+    admin = redis.Redis.from_url(private_redis)
+
+    @greenq.actor(queue_name=queue_name, broker=broker)
+    def record(i):
+        recorder.add(i)
+
+    worker = greenq.Worker(broker, worker_timeout=200)
+    worker.start()
+    try:
+        record.send(1)
+        recorder.wait_for(1)
+        admin.client_kill_filter(_type="normal", skipme=True)  # every other connection drops
+        record.send(2)
+        assert sorted(recorder.wait_for(2)) == [1, 2]
+    finally:
+        worker.stop(timeout=5000)
+        broker.close()
+        admin.close()
+
+
+def test_enqueue_many_and_ack_many_are_one_round_trip_each(private_redis, queue_name):
+    import redis
+
+    from greenq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(private_redis, namespace="trips", heartbeat_timeout=3600000)  # no beats meanwhile
+    admin = redis.Redis.from_url(private_redis)
+    broker.enqueue(message_for(queue_name))  # loads the scripts
+    consumer = broker.consume(queue_name)
+    consumer.ack(fetch_all(consumer, 1))
+
+    def commands():
+        """Round trips from clients: script calls, not the commands scripts run inside Redis."""
+        stats = admin.info("commandstats")
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval", "multi", "exec"))
+
+    before = commands()
+    broker.enqueue_many([message_for(queue_name, args=(i,)) for i in range(200)])
+    assert commands() - before == 1
+    got = fetch_all(consumer, 200)
+    assert len(got) == 200
+    before = commands()
+    consumer.ack(got)
+    assert commands() - before == 1
+    consumer.close()
+    broker.close()
+    admin.close()
+
+
+def test_250_greenlets_sending_keep_the_connection_count_flat(private_redis, queue_name):
+    code = f"""
+import gevent.monkey; gevent.monkey.patch_all()
+import gevent, redis
+from greenq.brokers.redis import RedisBroker
+from greenq.message import Message
+broker = RedisBroker({private_redis!r}, namespace="flat", max_connections=16)
+def send(i):
+    for j in range(4):
+        broker.enqueue(Message(queue_name={queue_name!r}, actor_name="noop", args=(i, j), kwargs={{}}, options={{}}))
+gevent.joinall([gevent.spawn(send, i) for i in range(250)], raise_error=True)
+admin = redis.Redis.from_url({private_redis!r})
+print(admin.info("clients")["connected_clients"], broker.queue_counts({queue_name!r})["ready"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(HERE))
+    assert out.returncode == 0, out.stderr[-2000:]
+    clients, ready = map(int, out.stdout.split())
+    assert ready == 1000
+    assert clients <= 16 + 2, clients
