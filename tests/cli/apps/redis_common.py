@@ -18,7 +18,8 @@ URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 middleware = [TimeLimit(sigkill_delay=500) if isinstance(m, TimeLimit) else m for m in default_middleware()]
 broker = RedisBroker(url=URL, namespace=NS, heartbeat_timeout=1500, middleware=middleware)
 greenq.set_broker(broker)
-r = redis.Redis.from_url(URL)
+# Enough connections for hundreds of greenlets blocking in BLPOP at once, and no socket timeout under them.
+r = redis.Redis.from_url(URL, max_connections=2000, socket_timeout=None)
 
 
 def key(name):
