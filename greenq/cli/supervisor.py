@@ -282,6 +282,11 @@ class Supervisor:
             if self.stopping and not clean and self.exit_code == EXIT_OK:
                 self.exit_code = EXIT_KILLED
             return
+        if child.recycle is not None and os.waitstatus_to_exitcode(child.status) == 0:
+            logger.info("%s retired (%s).", _cap(child.describe()), child.recycle)
+            if slot.current is None and slot.replacement is None:
+                slot.restart_at = time.monotonic()
+            return
         if child.fatal is not None and not self.booted and child.reason == "start":
             code, message = child.fatal
             logger.critical("%s", message)
@@ -289,9 +294,11 @@ class Supervisor:
             return
         if child.reason in ("reload", "recycle") and not child.ready:
             message = child.fatal[1] if child.fatal else how
-            logger.error("The replacement for worker process %d failed to start (%s); the old one keeps running.",
-                         slot.index, message)
-            return
+            if slot.current is not None:
+                logger.error("The replacement for worker process %d failed to start (%s); the old one keeps "
+                             "running.", slot.index, message)
+                return
+            logger.error("The replacement for worker process %d failed to start (%s).", slot.index, message)
         reason = child.fatal[1] if child.fatal else how
         lived = time.monotonic() - child.started
         if lived < QUICK_DEATH:

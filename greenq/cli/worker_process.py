@@ -102,11 +102,6 @@ def _run(index, options, log_fd, control, close_fds, master_pid):
     except BrokerConnectionError as e:
         control.send("fatal", EXIT_BROKER, f"cannot reach the broker: {e}")
         return EXIT_BROKER
-    if options.max_tasks_per_child or options.max_memory_per_child:
-        broker.add_middleware(Recycle(lambda reason: control.send("recycle", reason),
-                                      max_tasks=options.max_tasks_per_child,
-                                      max_memory_kib=options.max_memory_per_child))
-
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
 
@@ -115,6 +110,14 @@ def _run(index, options, log_fd, control, close_fds, master_pid):
             os.write(wake_w, b"x")
         except BlockingIOError:
             pass
+
+    if options.max_tasks_per_child or options.max_memory_per_child:
+        def retire(reason):
+            control.send("recycle", reason)
+            request_stop()
+
+        broker.add_middleware(Recycle(retire, max_tasks=options.max_tasks_per_child,
+                                      max_memory_kib=options.max_memory_per_child))
 
     concurrency.on_signal(signal.SIGTERM, request_stop)
 
