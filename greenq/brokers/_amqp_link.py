@@ -11,10 +11,10 @@ own connection and hands back the result or the exception.
 
 What it costs: every AMQP operation is one hop to the owner and back (a few
 microseconds under gevent, a thread switch otherwise), and the owner does one
-thing at a time, so a publish that waits for its confirm delays the requests
-queued behind it. Publishers and consumers therefore use two links (two
-connections per broker and process): acks never wait behind publisher confirms
-or RabbitMQ's flow control of publishing connections.
+thing at a time. A request whose answer comes later (a publisher confirm)
+returns a ``Pending`` so the owner goes on meanwhile. Publishers and consumers
+use two links (two connections per broker and process): acks never wait behind
+publishes or RabbitMQ's flow control of publishing connections.
 
 Reconnection: when the connection drops, the owner reconnects with exponential
 backoff (0.1 s doubling to 5 s) and runs the ``on_connect`` hooks (consumers
@@ -58,6 +58,32 @@ _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 
 
+class Pending:
+    """Returned by a request's ``fn`` whose result comes later (a publisher confirm).
+
+    The owner goes on with other requests; whoever holds the ``Pending`` calls
+    ``resolve(error)`` in the owner when the answer arrives, which wakes the caller.
+    """
+
+    __slots__ = ("_callback", "_outcome")
+
+    def __init__(self):
+        self._callback = None
+        self._outcome = None
+
+    def resolve(self, error=None):
+        if self._outcome is not None:
+            return
+        self._outcome = (error,)
+        if self._callback is not None:
+            self._callback(error)
+
+    def _attach(self, callback):
+        self._callback = callback
+        if self._outcome is not None:
+            callback(self._outcome[0])
+
+
 class _Request:
     __slots__ = ("fn", "retry", "done", "result", "error", "state", "detached")
 
@@ -88,6 +114,7 @@ class Link:
     def _reset_state(self):
         self._pid = os.getpid()
         self._requests = collections.deque()
+        self._pending = set()  # requests whose answer comes later (see Pending)
         self._owner = None
         self._owner_ident = None
         self._closed = False
@@ -123,7 +150,7 @@ class Link:
             with self._lock:
                 if request.state == "queued":
                     request.state = "cancelled"
-            if request.state == "cancelled":
+            if request.state in ("cancelled", "pending"):
                 detail = f": {self.last_error}" if self.last_error else ""
                 raise ConnectionError(
                     f"RabbitMQ at {redact_url(self.url)} did not answer within {timeout:g}s{detail}"
@@ -230,7 +257,13 @@ class Link:
                     continue
                 request.state = "running"
             try:
-                request.result = request.fn(self)
+                result = request.fn(self)
+                if isinstance(result, Pending):
+                    request.state = "pending"
+                    self._pending.add(request)
+                    result._attach(lambda error, request=request: self._settle_pending(request, error))
+                    continue
+                request.result = result
             except CONNECTION_ERRORS as e:
                 if request.retry:
                     with self._lock:
@@ -244,6 +277,10 @@ class Link:
                 self._finish(request, e)
             else:
                 self._finish(request, None)
+
+    def _settle_pending(self, request, error):
+        self._pending.discard(request)
+        self._finish(request, error)
 
     def _finish(self, request, error):
         request.error = error
@@ -273,9 +310,10 @@ class Link:
             except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as e:
                 logger.debug("Closing the %s connection failed: %s", self.role, e)
         with self._lock:
-            pending, self._requests = list(self._requests), collections.deque()
+            pending, self._requests = list(self._requests) + list(self._pending), collections.deque()
+            self._pending = set()
         for request in pending:
-            if request.state == "queued":
+            if request.state in ("queued", "pending"):
                 self._finish(request, ConnectionClosed(f"the {self.role} link to {redact_url(self.url)} was closed"))
 
 

@@ -49,6 +49,7 @@ import datetime
 import logging
 import re
 import threading
+import uuid
 import weakref
 
 import pika
@@ -61,6 +62,7 @@ from . import _amqp_topology as topology
 from . import redact_url
 from ._amqp_consumer import RabbitmqConsumer
 from ._amqp_link import Link
+from ._amqp_publisher import Publisher
 
 logger = logging.getLogger("greenq.brokers.rabbitmq")
 
@@ -99,6 +101,8 @@ class RabbitmqBroker(Broker):
         self.publish_timeout = publish_timeout
         self._arguments = topology.QueueArguments(queue_type, max_priority, delivery_limit, dead_message_ttl)
         self._publish_link = Link(url, "publish")
+        self._publisher = Publisher(self, confirm=confirm_delivery)
+        self._publish_link.add_on_connect(self._publisher.on_reconnect)
         self._consume_link = Link(url, "consume")
         self._channels = {}  # key -> (generation, channel); touched only by the publish link's owner
         self._shared_declared = False
@@ -155,31 +159,27 @@ class RabbitmqBroker(Broker):
                                     message_id=message_id, priority=priority, headers=headers)
 
     def _publish(self, items):
-        """Publish ``[(exchange, routing_key, body, properties)]``, confirmed one by one.
+        """Publish ``[(exchange, routing_key, body, properties)]`` and wait for RabbitMQ's confirms.
 
-        Retried after a reconnection from the first unconfirmed item, so each
-        item is stored at least once.
+        Pipelined with every other greenlet's publishes (see ``_amqp_publisher``);
+        after a reconnection unconfirmed messages go again (at-least-once).
         """
-        pending = collections.deque(items)
+        started = []
 
         def run(link):
-            channel = self._owner_channel(link, "publish", confirm=self.confirm_delivery)
-            while pending:
-                exchange, routing_key, body, properties = pending[0]
-                try:
-                    channel.basic_publish(exchange, routing_key, body, properties, mandatory=self.confirm_delivery)
-                except pika.exceptions.UnroutableError:
-                    raise QueueNotFound(f"RabbitMQ at {redact_url(self.url)} could not route a message to "
-                                        f"{routing_key!r} (exchange {exchange or '(default)'!r}): the queue does "
-                                        f"not exist; was it deleted?") from None
-                except pika.exceptions.NackError:
-                    raise BrokerError(f"RabbitMQ at {redact_url(self.url)} refused to store a message for "
-                                      f"{routing_key!r} (publisher nack)") from None
-                except pika.exceptions.ChannelClosedByBroker as e:
-                    raise self._translate(e, routing_key) from None
-                pending.popleft()
+            if started:  # a rerun after a lost connection: the publisher resends them itself
+                return started[0]
+            return self._publisher.publish(link, items, started)
 
         self._publish_link.call(run, timeout=self.publish_timeout, retry=True)
+
+    def _publish_refused(self, item, reason):
+        exchange, routing_key = item[0], item[1]
+        where = f"{routing_key!r}" + (f" via exchange {exchange!r}" if exchange else "")
+        if reason.startswith("unroutable"):
+            return QueueNotFound(f"RabbitMQ at {redact_url(self.url)} could not route a message to {where}: "
+                                 f"the queue does not exist; was it deleted? ({reason})")
+        return BrokerError(f"RabbitMQ at {redact_url(self.url)} did not store a message for {where}: {reason}")
 
     def _publish_messages(self, entries):
         """Publish ``[(message, eta, priority)]`` to their queues, ready now or down the delay ladder."""
@@ -233,7 +233,8 @@ class RabbitmqBroker(Broker):
     def enqueue_raw(self, queue_name, payload, priority=0):
         """Publish bytes as they are, ready now, persistent and confirmed."""
         self.declare_queue(queue_name)
-        self._publish([("", queue_name, bytes(payload), self._properties(None, priority))])
+        message_id = f"raw-{uuid.uuid4()}"  # lets a Basic.Return be matched to its publish
+        self._publish([("", queue_name, bytes(payload), self._properties(message_id, priority))])
 
     def consume(self, queue_name, prefetch=1, timeout=1000):
         self.declare_queue(queue_name)
@@ -318,7 +319,7 @@ class RabbitmqBroker(Broker):
             message = self._dead_message(queue_name, properties, body)
             if wanted is not None and message.message_id not in wanted:
                 return 0
-            publisher = self._owner_channel(link, "publish", confirm=self.confirm_delivery)
+            publisher = self._owner_channel(link, "requeue", confirm=self.confirm_delivery)
             publisher.basic_publish("", queue_name, body,
                                     self._properties(message.message_id, self.priority_of(message)))
             channel.basic_ack(method.delivery_tag)
