@@ -278,7 +278,8 @@ class Supervisor:
                 level = logging.DEBUG
             else:
                 level = logging.INFO if clean else logging.WARNING
-            logger.log(level, "%s %s.", _cap(child.describe()), "stopped" if code == 0 else how)
+            outcome = "stopped" if code == 0 else "stopped during start-up" if clean else how
+            logger.log(level, "%s %s.", _cap(child.describe()), outcome)
             if self.stopping and not clean and self.exit_code == EXIT_OK:
                 self.exit_code = EXIT_KILLED
             return

@@ -1,4 +1,7 @@
-"""Run the real ``greenq`` command in a subprocess and wait on its log lines.
+"""Fixtures and helpers for the command's tests (no conftest.py here: a second
+``conftest`` module on sys.path would shadow tests/conftest.py for other test files).
+
+Run the real ``greenq`` command in a subprocess and wait on its log lines.
 
 Every wait has a deadline and is driven by the lines the process writes to
 stderr, never by sleeps. Apps that need a broker shared between processes use
@@ -132,6 +135,42 @@ class Greenq:
             if match:
                 pids.add(int(match.group(1)))
         return pids
+
+
+@pytest.fixture
+def run_greenq():
+    started = []
+
+    def start(*args, **kwargs):
+        proc = Greenq(args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def redis_ns():
+    """A fresh namespace on the shared Redis, for the app (TEST_NS) and the test; removed afterwards."""
+    require_redis()
+    import redis
+
+    ns = f"greenq-cli-{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(REDIS_URL)
+    yield ns, client
+    keys = list(client.scan_iter(match=f"*{ns}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def redis_env(redis_ns):
+    ns, client = redis_ns
+    return {"TEST_NS": ns, "TEST_REDIS_URL": REDIS_URL}
+
 
 
 def app_broker(ns):

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from cli_helpers import LINE, Greenq
+from cli_helpers import LINE, run_greenq  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(120)
 
