@@ -126,7 +126,7 @@ def main(argv=None, prog_name=None):
         code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.UsageError as e:
         hint = f"; see '{prog_name} --help'" if e.ctx is not None else ""
-        message = " ".join(e.format_message().split())
+        message = " ".join(e.format_message().split()).rstrip(".")
         click.echo(f"{prog_name}: error: {message}{hint}", err=True)
         sys.exit(2)
     except click.Abort:

@@ -368,8 +368,11 @@ class Supervisor:
         self.stopping = True
         for slot in self.slots:
             slot.restart_at = None
-        logger.info("Stopping (%s): worker processes finish their in-flight work, for up to %d ms.",
-                    why, self.options.shutdown_timeout)
+        if self.exit_code == EXIT_OK:
+            logger.info("Stopping (%s): worker processes finish their in-flight work, for up to %d ms.",
+                        why, self.options.shutdown_timeout)
+        else:
+            logger.info("Stopping (%s).", why)
         for child in self.children.values():
             self._terminate(child)
         self.stop_deadline = time.monotonic() + self.options.shutdown_timeout / 1000 + STOP_GRACE
