@@ -20,7 +20,7 @@ import pytest
 import greenq
 from greenq.message import Message, current_millis
 
-from conftest import REDIS_URL, port_open, require_server
+from redis_helpers import REDIS_URL, port_open, require_server
 
 HERE = os.path.dirname(__file__)
 

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import port_open
+from redis_helpers import port_open
 
 _spec = importlib.util.spec_from_file_location(
     "greenq_contract_for_cluster", os.path.join(os.path.dirname(__file__), "contract", "test_broker_contract.py"))

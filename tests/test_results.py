@@ -9,7 +9,7 @@ import pytest
 import greenq
 from greenq.results import ResultFailure, ResultMissing, Results, ResultTimeout, StubBackend
 
-from conftest import REDIS_URL, require_server
+from redis_helpers import REDIS_URL, require_server
 
 
 @pytest.fixture(params=["stub", "redis"])
