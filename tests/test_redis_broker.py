@@ -402,6 +402,13 @@ def test_enqueue_many_and_ack_many_are_one_round_trip_each(private_redis, queue_
     before = commands()
     consumer.ack(got)
     assert commands() - before == 1
+    others = [f"{queue_name}-{i}" for i in range(3)]
+    before = commands()
+    broker.enqueue_many([message_for(q, args=(i,)) for i in range(10) for q in others])
+    assert commands() - before == 3  # three EVALSHAs in one pipeline
+    admin.script_flush()  # a restarted Redis forgets scripts: load once, replay
+    broker.enqueue_many([message_for(q) for q in others])
+    assert [broker.queue_counts(q)["ready"] for q in others] == [11, 11, 11]
     consumer.close()
     broker.close()
     admin.close()

@@ -186,13 +186,30 @@ class RedisBroker(Broker):
             if self.cluster or len(calls) == 1:
                 results = [(q, self.run("enqueue", q, args)) for q, args in calls]
             else:
-                pipe = self.client.pipeline(transaction=False)
-                for q, args in calls:
-                    self.run("enqueue", q, args, client=pipe)
-                results = list(zip([q for q, _ in calls], pipe.execute()))
+                results = list(zip([q for q, _ in calls], self._pipelined_enqueue(calls)))
         for queue_name, moved in results:
             if moved:
                 self._warn_quarantined(queue_name, moved)
+
+    def _pipelined_enqueue(self, calls):
+        """EVALSHA per queue in one pipeline; loads the script and replays only if Redis lost it.
+
+        (redis-py's own script-in-pipeline support asks SCRIPT EXISTS first: a second round trip.)
+        """
+        script = self._scripts["enqueue"]
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for queue_name, args in calls:
+                keys = self.keys_of(queue_name)
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = pipe.execute(raise_on_error=False)
+            if attempt == 1 and all(isinstance(r, self._redis.exceptions.NoScriptError) for r in results):
+                script.sha = self.client.script_load(script.script)  # nothing ran: safe to replay
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
 
     def enqueue_raw(self, queue_name, payload, priority=0):
         """Store bytes as they are under a fresh key, ready now (for other producers' tools and tests)."""
