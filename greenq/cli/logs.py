@@ -11,6 +11,7 @@ interleave mid-line, however long the line, at the cost of one extra copy per
 line in the master.
 """
 
+import io
 import logging
 import os
 import sys
@@ -56,6 +57,59 @@ def raw_line(logger_name, level, message, thread):
 def write_raw(logger_name, level, message, thread):
     """Write one line straight to fd 2 (the worker's pipe) with a single ``os.write``."""
     os.write(2, raw_line(logger_name, level, message, thread).encode("utf-8", "replace"))
+
+
+class LineStream(io.TextIOBase):
+    """A worker's ``sys.stdout`` / ``sys.stderr``: whole lines, one ``os.write`` each.
+
+    ``print()`` writes its text and its newline separately, so two threads or
+    greenlets printing at once would otherwise mix within a line. Each one's
+    partial line waits in its own buffer until its newline arrives; a lock
+    shared by both streams keeps one line's write from splitting another's.
+    """
+
+    def __init__(self, fd, lock):
+        super().__init__()
+        self._fd = fd
+        self._lock = lock
+        self._partial = {}
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self._fd
+
+    def isatty(self):
+        return False
+
+    def write(self, text):
+        key = concurrency.current()
+        data = self._partial.pop(key, "") + text
+        cut = data.rfind("\n") + 1
+        if len(data) - cut > MAX_LINE:
+            cut = len(data)
+        if cut:
+            self._write(data[:cut])
+        if cut < len(data):
+            self._partial[key] = data[cut:]
+        return len(text)
+
+    def flush(self):
+        """Complete every pending partial line (called at exit)."""
+        pending, self._partial = self._partial, {}
+        for rest in pending.values():
+            self._write(rest + "\n")
+
+    def _write(self, text):
+        data = text.encode("utf-8", "replace")
+        with self._lock:
+            while data:
+                data = data[os.write(self._fd, data):]
 
 
 class LineBuffer:

@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import sys
+import threading
 
 from .. import concurrency
 from ..errors import ConnectionError as BrokerConnectionError
@@ -65,8 +66,9 @@ def _prepare_process(log_fd, close_fds):
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.stderr.reconfigure(line_buffering=True)
+    lock = threading.Lock()
+    sys.stdout = logs.LineStream(1, lock)
+    sys.stderr = logs.LineStream(2, lock)
 
 
 def run(index, options, log_fd, ctl_fd, close_fds, master_pid):

@@ -52,7 +52,7 @@ def test_bad_argument_exits_2_with_one_line(run_greenq, args, names):
     ("envbroker:not_a_broker", r"envbroker:not_a_broker is a int, not a greenq Broker"),
 ])
 def test_import_error_exits_2_naming_the_module(run_greenq, tmp_path, mode, spec, expected):
-    proc = run_greenq(spec, "-p", "2", mode=mode, env={"GREENQ_BROKER_URL": f"sqlite:///{tmp_path}/b.sqlite3"})
+    proc = run_greenq(spec, "-p", "2", mode=mode, env={"GREENQ_BROKER_URL": "stub://"})
     assert proc.wait() == 2
     out = proc.output()
     errors = [line for line in out.splitlines() if "cannot import" in line or "no attribute" in line
