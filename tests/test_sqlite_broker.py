@@ -338,7 +338,16 @@ def test_a_forked_child_uses_its_own_connection(broker, queue_name):
             code = 0 if len(got) == 5 else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + 30
+    while True:  # never hang the test run on a child stuck in an inherited lock
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung")
+        time.sleep(0.02)
     assert os.waitstatus_to_exitcode(status) == 0
     assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
 
