@@ -109,6 +109,12 @@ class Broker:
             for actor in list(self.actors.values()):
                 middleware.after_declare_actor(self, actor)
 
+    def remove_middleware(self, middleware):
+        """Take a middleware instance off the chain (a no-op if it is not on it)."""
+        if middleware in self.middleware:
+            self.middleware.remove(middleware)
+            self._rebuild_hooks()
+
     def get_middleware(self, kind):
         """The first middleware that is an instance of ``kind``, or None."""
         return next((m for m in self.middleware if isinstance(m, kind)), None)

@@ -31,6 +31,7 @@ import traceback
 from . import concurrency
 from .errors import ActorNotFound, Interrupt, Retry, SkipMessage
 from .message import current_millis
+from .middleware.middleware import Middleware
 
 logger = logging.getLogger("greenq.worker")
 
@@ -301,6 +302,16 @@ class _QueueRunner:
         self.inbox.put((verb, [message]))
 
 
+class _FollowQueues(Middleware):
+    """Lets a running worker consume queues declared after it started (tests often declare late)."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def after_declare_queue(self, broker, queue_name):
+        self.worker.add_queue(queue_name)
+
+
 class Worker:
     """Runs actors for the messages on ``queues`` (default: every declared queue).
 
@@ -322,6 +333,8 @@ class Worker:
         self._work = queue_module.PriorityQueue()
         self._seq = itertools.count()
         self._runners = {}
+        self._runners_lock = threading.Lock()
+        self._follower = None
         self._pool = []
         self._running = {}  # id(message) -> (message, runner), processed right now
         self._abandoned = set()  # ids of messages requeued by stop() while still running
@@ -342,6 +355,8 @@ class Worker:
         for name in names:
             runner = self._runners[name] = _QueueRunner(self, name)
             runner.start()
+        self._follower = _FollowQueues(self)
+        self.broker.add_middleware(self._follower)
         self._pool = [concurrency.spawn(self._pool_loop, name=f"greenq-worker-{i}")
                       for i in range(self.worker_threads)]
         self._started = True
@@ -349,11 +364,16 @@ class Worker:
         logger.debug("Worker started: %d %s on queues %s.", self.worker_threads, concurrency.mode_name(), names)
 
     def add_queue(self, queue_name):
-        """Start consuming one more queue (e.g. declared after start)."""
-        if queue_name not in self._runners and (self.queues is None or queue_name in self.queues):
+        """Start consuming one more queue (e.g. one declared after start)."""
+        with self._runners_lock:
+            if self.stopping.is_set() or queue_name in self._runners:
+                return
+            if self.queues is not None and queue_name not in self.queues:
+                return
             self.broker.declare_queue(queue_name)
             runner = self._runners[queue_name] = _QueueRunner(self, queue_name)
-            runner.start()
+            self._share = max(1, self._capacity.size // len(self._runners))
+        runner.start()
 
     def pause(self):
         """Stop fetching new messages; running and buffered ones go on."""
@@ -377,7 +397,10 @@ class Worker:
         if not self._started or self.stopping.is_set():
             return
         self.broker.emit_before("worker_shutdown", self)
-        self.stopping.set()
+        with self._runners_lock:
+            self.stopping.set()
+        if self._follower is not None:
+            self.broker.remove_middleware(self._follower)
         deadline = time.monotonic() + timeout / 1000
         for runner in self._runners.values():
             runner.running = False

@@ -1,0 +1,98 @@
+"""The wire format: exactly seven fields, strict decoding, pluggable encoders, never pickle."""
+
+import json
+
+import pytest
+
+import greenq
+from greenq.errors import DecodeError, EncodeError
+from greenq.message import FIELDS, JSONEncoder, Message
+
+
+def make(**overrides):
+    fields = dict(queue_name="default", actor_name="add", args=[1, 2], kwargs={}, options={},
+                  message_id="8cdcae57-af36-40ba-9616-849a336a4316", message_timestamp=1498557015410)
+    fields.update(overrides)
+    return fields
+
+
+def test_encodes_exactly_the_wire_fields():
+    message = Message(queue_name="default", actor_name="add", args=(1, 2), kwargs={}, options={})
+    decoded = json.loads(message.encode())
+    assert list(decoded) == list(FIELDS)
+    assert decoded["args"] == [1, 2]
+    assert isinstance(decoded["message_timestamp"], int)
+    assert len(decoded["message_id"]) == 36
+
+
+def test_round_trip_and_repr_shows_the_wire_fields():
+    original = Message.from_dict(make(kwargs={"z": [1, {"a": None}]}, options={"eta": 5}))
+    again = Message.decode(original.encode())
+    assert again == original
+    assert repr(again) == (
+        "Message(queue_name='default', actor_name='add', args=(1, 2), kwargs={'z': [1, {'a': None}]}, "
+        "options={'eta': 5}, message_id='8cdcae57-af36-40ba-9616-849a336a4316', message_timestamp=1498557015410)"
+    )
+
+
+def test_messages_are_immutable():
+    message = Message.from_dict(make(options={"eta": 1}))
+    with pytest.raises(AttributeError):
+        message.queue_name = "other"
+    with pytest.raises(TypeError):
+        message.options["eta"] = 2
+    with pytest.raises(TypeError):
+        message.kwargs["x"] = 1
+    changed = message.copy(options={"eta": 2})
+    assert changed.options["eta"] == 2 and message.options["eta"] == 1
+
+
+@pytest.mark.parametrize("payload, says", [
+    (b"{not json", "not valid"),
+    (b"[1, 2]", "is a list"),
+    (json.dumps({k: v for k, v in make().items() if k != "kwargs"}).encode(), "lacks the field(s) kwargs"),
+    (json.dumps(make(extra=1)).encode(), "unknown field(s) extra"),
+    (json.dumps(make(args={"a": 1})).encode(), "'args' must be list"),
+    (json.dumps(make(message_timestamp="soon")).encode(), "'message_timestamp' must be int"),
+    (json.dumps(make(message_timestamp=True)).encode(), "'message_timestamp' must be int"),
+    (json.dumps(make(actor_name="")).encode(), "must not be empty"),
+    (b"\xff\xfe\x00garbage", "not valid"),
+])
+def test_decode_rejects_what_is_not_the_wire_format(payload, says):
+    with pytest.raises(DecodeError) as info:
+        Message.decode(payload)
+    assert says in str(info.value)
+    assert info.value.data == payload
+
+
+def test_decode_error_carries_the_message_id_when_there_is_one():
+    with pytest.raises(DecodeError) as info:
+        Message.decode(json.dumps(make(args="nope")).encode())
+    assert info.value.message_id == "8cdcae57-af36-40ba-9616-849a336a4316"
+
+
+def test_unencodable_argument_is_named():
+    message = Message(queue_name="q", actor_name="a", args=(1, {1, 2}), kwargs={}, options={})
+    with pytest.raises(EncodeError, match=r"actor 'a': argument 1 \(\{1, 2\}\) cannot be encoded"):
+        message.encode()
+    message = Message(queue_name="q", actor_name="a", args=(), kwargs={"when": object()}, options={})
+    with pytest.raises(EncodeError, match="keyword argument 'when'"):
+        message.encode()
+
+
+def test_a_custom_encoder_is_used_and_pickle_is_never_needed():
+    class Upper(JSONEncoder):
+        used = 0
+
+        def encode(self, data):
+            Upper.used += 1
+            return super().encode(data)
+
+    greenq.set_encoder(Upper())
+    try:
+        Message.from_dict(make()).encode()
+        assert Upper.used == 1
+    finally:
+        greenq.set_encoder(JSONEncoder())
+    with pytest.raises(TypeError, match="Encoder instance"):
+        greenq.set_encoder(json)
