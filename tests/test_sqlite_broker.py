@@ -20,7 +20,9 @@ import greenq
 from greenq.brokers import broker_from_url
 from greenq.brokers.sqlite import SCHEMA_VERSION, DatabaseFileError, SqliteBroker, path_from_url
 from greenq.errors import BrokerConfigError, ConnectionError
-from greenq.message import Message, current_millis
+from greenq.message import Message
+from greenq.results import ResultFailure, ResultMissing, Results
+from greenq.results.sqlite import SqliteBackend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -430,8 +432,6 @@ def test_gevent_worker_processes_lose_nothing_when_one_is_killed(tmp_path, db_pa
 
 # --- the result back end on the same file ------------------------------------------------------
 
-from greenq.results import ResultFailure, ResultMissing, Results  # noqa: E402
-from greenq.results.sqlite import SqliteBackend  # noqa: E402
 
 
 def test_results_of_workers_on_the_sqlite_file(broker, queue_name):

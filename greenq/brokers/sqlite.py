@@ -42,7 +42,6 @@ Durability: ``synchronous=NORMAL``: a crash of any process loses nothing; a
 power cut may lose the last commits, never corrupt the file.
 """
 
-import json
 import logging
 import os
 import socket
