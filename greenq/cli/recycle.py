@@ -4,9 +4,9 @@ A middleware counts finished messages and, when a limit is reached, pauses the
 worker and tells the master, which forks a replacement at once; meanwhile the
 worker stops as on TERM: it starts nothing new (what it had fetched goes back to
 the broker) and finishes what it runs. No message is cut off; the slot runs at
-reduced capacity only for the replacement's start-up. The limit is soft by at
-most the messages already running when it trips (one per pool slot), plus one
-that a pool slot may pick up in the instant before the stop begins. Memory is read from
+reduced capacity only for the replacement's start-up. The limit is soft: the
+worker may still run what it already held when the limit tripped (at most its
+pool size plus its prefetch buffer), never more. Memory is read from
 ``/proc/self/statm`` after each message (one small file read, Linux), else the
 peak RSS from ``getrusage``.
 """
