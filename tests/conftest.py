@@ -24,7 +24,7 @@ REDIS_URL = os.environ.get("GREENQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("GREENQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 #: Brokers the contract suite runs against. GREENQ_CONTRACT_BROKERS=redis,sqlite narrows a local run.
-CONTRACT_BROKERS = [name for name in os.environ.get("GREENQ_CONTRACT_BROKERS", "stub,rabbitmq").split(",") if name]
+CONTRACT_BROKERS = [name for name in os.environ.get("GREENQ_CONTRACT_BROKERS", "stub,sqlite,rabbitmq").split(",") if name]
 
 
 def port_open(host, port):

@@ -1,0 +1,316 @@
+"""The worker on the StubBroker, in threads mode (gevent mode: tests/test_gevent_worker.py)."""
+
+import logging
+import threading
+import time
+
+import pytest
+
+import greenq
+from greenq.brokers.local import LocalBroker
+from greenq.middleware import CurrentMessage, Middleware
+
+
+def test_higher_priority_runs_first_when_work_competes(stub_broker):
+    order = []
+    gate = threading.Event()
+
+    @greenq.actor(broker=stub_broker, queue_name="shared")
+    def blocker():
+        gate.wait(10)
+
+    @greenq.actor(broker=stub_broker, queue_name="shared", priority=0)
+    def low(i):
+        order.append(("low", i))
+
+    @greenq.actor(broker=stub_broker, queue_name="shared", priority=9)
+    def high(i):
+        order.append(("high", i))
+
+    blocker.send()
+    worker = greenq.Worker(stub_broker, worker_threads=1, prefetch_buffer=10, worker_timeout=100)
+    worker.start()
+    try:
+        for i in range(3):
+            low.send(i)
+        for i in range(3):
+            high.send(i)
+        gate.set()
+        stub_broker.join("shared")
+        worker.join()
+    finally:
+        worker.stop()
+    assert [kind for kind, _ in order] == ["high"] * 3 + ["low"] * 3
+
+
+def test_delayed_message_runs_after_its_delay(stub_broker, stub_worker):
+    ran_at = []
+
+    @greenq.actor(broker=stub_broker)
+    def later():
+        ran_at.append(time.time() * 1000)
+
+    message = later.send_with_options(delay=300)
+    stub_broker.join(later.queue_name)
+    stub_worker.join()
+    assert len(ran_at) == 1 and ran_at[0] >= message.options["eta"]
+
+
+def test_time_limit_interrupts_a_busy_thread(stub_broker, stub_worker):
+    outcome = []
+
+    @greenq.actor(broker=stub_broker, time_limit=200)
+    def spin():
+        try:
+            while True:  # pure bytecode: the async exception lands between instructions
+                pass
+        except greenq.TimeLimitExceeded:
+            outcome.append("interrupted")
+            raise
+
+    spin.send()
+    stub_broker.join(spin.queue_name)
+    stub_worker.join()
+    assert outcome == ["interrupted"]
+    (dead,) = stub_broker.dead_letters
+    assert dead.options["failure"].startswith("TimeLimitExceeded")
+
+
+def test_time_limit_caught_by_the_actor_lets_it_clean_up(stub_broker, stub_worker):
+    steps = []
+
+    @greenq.actor(broker=stub_broker, time_limit=200)
+    def long_running():
+        try:
+            steps.append("setup")
+            for _ in range(500):  # under threads an interrupt lands between calls, not inside one
+                time.sleep(0.01)
+            steps.append("launch")
+        except greenq.TimeLimitExceeded:
+            steps.append("teardown")
+
+    long_running.send()
+    stub_broker.join(long_running.queue_name)
+    stub_worker.join()
+    assert steps == ["setup", "teardown"]
+    assert stub_broker.dead_letters == []  # it handled the interrupt and returned
+
+
+def test_age_limit_dead_letters_old_messages_without_running_them(stub_broker, stub_worker):
+    ran = []
+
+    @greenq.actor(broker=stub_broker, max_age=1000)
+    def fresh_only():
+        ran.append(1)
+
+    old = fresh_only.message().copy(message_timestamp=int(time.time() * 1000) - 5000)
+    stub_broker.enqueue(old)
+    fresh_only.send()
+    stub_broker.join(fresh_only.queue_name)
+    stub_worker.join()
+    assert ran == [1]
+    (dead,) = stub_broker.dead_letters
+    assert dead.message_id == old.message_id and dead.options["failure"].startswith("AgeLimit")
+
+
+def test_unknown_actor_and_undecodable_payloads_are_dead_lettered_and_logged(stub_broker, stub_worker, caplog):
+    @greenq.actor(broker=stub_broker)
+    def known():
+        pass
+
+    ghost = known.message().copy(actor_name="ghost")
+    stub_broker.enqueue(ghost)
+    stub_broker.enqueue_raw("default", b'{"truncated": ')
+    known.send()
+    with caplog.at_level(logging.ERROR):
+        stub_broker.join("default")
+        stub_worker.join()
+    failures = sorted(m.options["failure"] for m in stub_broker.dead_letters)
+    assert failures[0].startswith("ActorNotFound: no actor named 'ghost'")
+    assert failures[1].startswith("DecodeError")
+    assert ghost.message_id in caplog.text and "ghost" in caplog.text
+    assert "undecodable" in caplog.text
+
+
+def test_a_failing_middleware_hook_is_logged_and_processing_goes_on(stub_broker, stub_worker, caplog):
+    class Broken(Middleware):
+        def before_process_message(self, broker, message):
+            raise RuntimeError("middleware bug")
+
+        def after_process_message(self, broker, message, *, result=None, exception=None):
+            raise RuntimeError("another bug")
+
+    stub_broker.add_middleware(Broken())
+    ran = []
+
+    @greenq.actor(broker=stub_broker)
+    def work():
+        ran.append(1)
+
+    with caplog.at_level(logging.ERROR):
+        work.send()
+        work.send()
+        stub_broker.join(work.queue_name)
+        stub_worker.join()
+    assert ran == [1, 1]
+    assert "middleware bug" in caplog.text and "another bug" in caplog.text
+    assert stub_broker.dead_letters == []
+
+
+def test_shutdown_notification_reaches_opted_in_actors(stub_broker):
+    started = threading.Event()
+    outcome = []
+
+    @greenq.actor(broker=stub_broker, notify_shutdown=True, max_retries=1, min_backoff=100)
+    def patient():
+        started.set()
+        try:
+            for _ in range(1000):
+                time.sleep(0.01)
+        except greenq.Shutdown:
+            outcome.append("shutdown")
+            raise
+
+    patient.send()
+    worker = greenq.Worker(stub_broker, worker_timeout=100)
+    worker.start()
+    assert started.wait(10)
+    worker.stop(timeout=5000)
+    assert outcome == ["shutdown"]
+    assert stub_broker.queue_counts(patient.queue_name)["delayed"] == 1  # retried, not lost
+
+
+def test_shutdown_timeout_requeues_work_that_did_not_finish(stub_broker):
+    started = threading.Event()
+
+    @greenq.actor(broker=stub_broker)
+    def stubborn():
+        started.set()
+        threading.Event().wait(3)
+
+    message = stubborn.send()
+    worker = greenq.Worker(stub_broker, worker_timeout=100)
+    worker.start()
+    assert started.wait(10)
+    worker.stop(timeout=200)
+    counts = stub_broker.queue_counts(stubborn.queue_name)
+    assert counts["ready"] == 1 and counts["in_flight"] == 0
+    assert stub_broker.dead_letters == []
+    assert message.message_id
+
+
+def test_pause_stops_fetching_and_resume_goes_on(stub_broker, stub_worker, recorder):
+    @greenq.actor(broker=stub_broker)
+    def record(i):
+        recorder.add(i)
+
+    record.send(0)
+    recorder.wait_for(1)
+    stub_worker.pause()
+    stub_worker.join()
+    # a paused consumer may finish the fetch it had begun; after that nothing more is fetched
+    record.send(1)
+    record.send(2)
+    stub_worker.resume()
+    assert sorted(recorder.wait_for(3)) == [0, 1, 2]
+
+
+def test_callbacks_on_success_and_on_failure(stub_broker, stub_worker):
+    seen = []
+
+    @greenq.actor(broker=stub_broker)
+    def succeeded(message, result):
+        seen.append(("ok", message["actor_name"], result))
+
+    @greenq.actor(broker=stub_broker)
+    def failed(message, error):
+        seen.append(("failed", message["actor_name"], error))
+
+    @greenq.actor(broker=stub_broker, on_success=succeeded, on_failure="failed")
+    def divide(a, b):
+        return a / b
+
+    divide.send(6, 3)
+    divide.send(1, 0)
+    stub_broker.join("default")
+    stub_worker.join()
+    assert sorted(seen, key=str) == sorted([
+        ("ok", "divide", 2.0),
+        ("failed", "divide", {"type": "ZeroDivisionError", "message": "division by zero"}),
+    ], key=str)
+
+
+def test_current_message_is_visible_to_the_actor(stub_broker, stub_worker):
+    stub_broker.add_middleware(CurrentMessage())
+    seen = []
+
+    @greenq.actor(broker=stub_broker)
+    def whoami():
+        seen.append(CurrentMessage.get_current_message().message_id)
+
+    message = whoami.send()
+    stub_broker.join(whoami.queue_name)
+    stub_worker.join()
+    assert seen == [message.message_id]
+
+
+def test_worker_consumes_only_its_queues(stub_broker, recorder):
+    @greenq.actor(broker=stub_broker, queue_name="mine")
+    def mine():
+        recorder.add("mine")
+
+    @greenq.actor(broker=stub_broker, queue_name="theirs")
+    def theirs():
+        recorder.add("theirs")
+
+    worker = greenq.Worker(stub_broker, queues=["mine"], worker_timeout=100)
+    worker.start()
+    try:
+        theirs.send()
+        mine.send()
+        stub_broker.join("mine")
+        worker.join()
+    finally:
+        worker.stop()
+    assert recorder.calls == ["mine"]
+    assert stub_broker.queue_counts("theirs")["ready"] == 1
+
+
+def test_worker_join_times_out_with_a_clear_error(stub_broker):
+    gate = threading.Event()
+
+    @greenq.actor(broker=stub_broker)
+    def wait_for_gate():
+        gate.wait(10)
+
+    worker = greenq.Worker(stub_broker, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for_gate.send()
+        with pytest.raises(greenq.QueueJoinTimeout):
+            stub_broker.join("default", timeout=100)
+        gate.set()
+        stub_broker.join("default")
+        worker.join(timeout=5000)
+    finally:
+        gate.set()
+        worker.stop()
+
+
+def test_local_broker_runs_actors_at_send_time():
+    broker = LocalBroker()
+    seen = []
+
+    @greenq.actor(broker=broker)
+    def add(x, y):
+        seen.append(x + y)
+        return x + y
+
+    @greenq.actor(broker=broker)
+    def boom():
+        raise ValueError("raised to the sender")
+
+    add.send(1, 2)
+    assert seen == [3]
+    with pytest.raises(ValueError, match="raised to the sender"):
+        boom.send()
