@@ -23,6 +23,9 @@ IN_CI = os.environ.get("CI") == "true"
 REDIS_URL = os.environ.get("GREENQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("GREENQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
+#: The user guide's example app is run by tests/test_user_guide.py in its own pytest process.
+collect_ignore = ["user_guide"]
+
 #: Brokers the contract suite runs against. GREENQ_CONTRACT_BROKERS=redis,sqlite narrows a local run.
 CONTRACT_BROKERS = [name for name in os.environ.get("GREENQ_CONTRACT_BROKERS", "stub,sqlite,rabbitmq").split(",") if name]
 

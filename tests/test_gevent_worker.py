@@ -1,0 +1,34 @@
+"""The worker under gevent: hundreds of greenlets, and interrupts that kill greenlets.
+
+Each scenario runs in a fresh process patched by gevent first (tests/scripts/gevent_core.py).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent / "scripts" / "gevent_core.py"
+
+
+def run(scenario):
+    out = subprocess.run([sys.executable, str(SCRIPT), scenario], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_two_hundred_greenlets_run_at_once():
+    result = run("concurrency_counter")
+    assert result == {"mode": "greenlets", "max_in_flight": 200}
+
+
+def test_time_limit_kills_a_sleeping_greenlet_at_once():
+    result = run("time_limit")
+    assert "interrupted_after" in result  # time.sleep(30) raised: the greenlet was killed mid-sleep
+    assert len(result["dead"]) == 1 and result["dead"][0].startswith("TimeLimitExceeded")
+
+
+def test_shutdown_reaches_a_greenlet_blocked_in_io():
+    result = run("shutdown")
+    assert result["shutdown"] is True  # the 30 s wait raised Shutdown instead of running out
+    assert result["dead"] == 1  # no retries configured: the interrupted message is dead-lettered
