@@ -452,7 +452,7 @@ def _cap(text):
 
 
 def _snapshot(directories):
-    """``{path: mtime}`` of the Python files under ``directories``."""
+    """``{path: (mtime, size)}`` of the Python files under ``directories``."""
     state = {}
     for directory in directories:
         for root, dirs, files in os.walk(directory):
@@ -461,7 +461,8 @@ def _snapshot(directories):
                 if name.endswith(".py"):
                     path = os.path.join(root, name)
                     try:
-                        state[path] = os.stat(path).st_mtime_ns
+                        stat = os.stat(path)
+                        state[path] = (stat.st_mtime_ns, stat.st_size)
                     except FileNotFoundError:
                         pass
     return state

@@ -88,6 +88,7 @@ def test_watch_reloads_on_change(run_greenq, redis_ns, redis_env, tmp_path):
     module.write_text(source.format("two, after the edit"))
     proc.wait_for(r"Reloading \(.*watched\.py changed\)")
     proc.wait_for(r"replaced by pid")
+    proc.wait_for(r"Worker process 0 \(pid \d+\) stopped\.")  # the old one may fetch until it stops
     send(broker, "mark")
     wait_until(lambda: client.llen(f"{ns}:marks") == 1, what="one mark")
     assert _list(client, ns, "marks") == ["two, after the edit"]
