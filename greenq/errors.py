@@ -106,3 +106,11 @@ class ResultFailure(ResultError):
         super().__init__(message)
         self.type_name = type_name
         self.text = text
+
+
+class RateLimitExceeded(GreenqError):
+    """A rate limiter or concurrency limit had no room within the time it was given."""
+
+
+class BarrierTimeout(GreenqError):
+    """``Barrier.wait(timeout=...)`` ran out before every party arrived."""
