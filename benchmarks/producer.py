@@ -1,0 +1,110 @@
+"""The producer side of each workload, run in the system's own interpreter.
+
+    python -m benchmarks.producer SYSTEM ACTION [options]
+
+SYSTEM is greenq, dramatiq or celery (its app module in ``workloads`` is
+imported with the broker from ``BENCH_BROKER_URL``). Actions:
+
+``load JOB --phase P --n N``  put N gated jobs on the queue as fast as the
+    system allows (greenq: ``send_many``); the timed part is processing.
+``enqueue --n N``  time N ``send()`` calls one by one, then (greenq only) N
+    through the batch API, to a queue no worker reads; then purge it.
+``latency --n N --spacing MS``  send one latency job every MS milliseconds.
+
+Prints one JSON line. No gevent here: a plain producer process, as a web app
+that enqueues would be.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+import time
+
+CHUNK = 1000
+
+
+def _app(system):
+    return importlib.import_module(f"benchmarks.workloads.{system}_app")
+
+
+def _send(system, task, *args):
+    if system == "celery":
+        return task.delay(*args)
+    return task.send(*args)
+
+
+def load(system, app, job, phase, n, keep_alive):
+    task = getattr(app, job)
+    args = (phase, True) if keep_alive else (phase,)
+    start = time.perf_counter()
+    if system == "greenq":
+        for first in range(0, n, CHUNK):
+            task.send_many([args] * min(CHUNK, n - first))
+    else:
+        for _ in range(n):
+            _send(system, task, *args)
+    return {"seconds": time.perf_counter() - start}
+
+
+def _purge(system, app):
+    if system == "greenq":
+        app.broker.flush(app.ENQUEUE_QUEUE)
+    elif system == "dramatiq":
+        app.broker.flush(app.ENQUEUE_QUEUE)
+    else:
+        with app.app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(app.ENQUEUE_QUEUE)
+
+
+def enqueue(system, app, n):
+    task = app.enqueued
+    _send(system, task, -1)  # connect and declare outside the clock
+    start = time.perf_counter()
+    for i in range(n):
+        _send(system, task, i)
+    one = n / (time.perf_counter() - start)
+    batch = None
+    if system == "greenq":
+        start = time.perf_counter()
+        for first in range(0, n, CHUNK):
+            task.send_many([(i,) for i in range(first, min(n, first + CHUNK))])
+        batch = n / (time.perf_counter() - start)
+    _purge(system, app)
+    return {"one_by_one": one, "batch": batch}
+
+
+def latency(system, app, n, spacing_ms):
+    _send(system, app.latency, 0)  # warm the connection; the worker ignores it
+    time.sleep(spacing_ms / 1000)
+    for _ in range(n):
+        _send(system, app.latency, time.time())
+        time.sleep(spacing_ms / 1000)
+    return {"sent": n}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("system", choices=["greenq", "dramatiq", "celery"])
+    parser.add_argument("action", choices=["load", "enqueue", "latency"])
+    parser.add_argument("job", nargs="?", default="noop")
+    parser.add_argument("--phase", type=int, default=0)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--spacing", type=float, default=20.0)
+    parser.add_argument("--keep-alive", action="store_true")
+    args = parser.parse_args()
+    app = _app(args.system)
+    if args.action == "load":
+        result = load(args.system, app, args.job, args.phase, args.n, args.keep_alive)
+    elif args.action == "enqueue":
+        result = enqueue(args.system, app, args.n)
+    else:
+        result = latency(args.system, app, args.n, args.spacing)
+    if args.system != "celery":
+        app.broker.close()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

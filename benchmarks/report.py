@@ -1,0 +1,235 @@
+"""The results of a run: a table, the issue's targets as ratios, JSON, CSV and a PNG chart.
+
+    python -m benchmarks.report results/<stamp>.json        # print a saved run again
+    python -m benchmarks.report --chart results/<stamp>.json results/<stamp>.png
+
+The chart needs matplotlib: the current interpreter's if it has it, else the
+peers' virtualenv's (``benchmarks.peers`` installs it there). Without either,
+the chart is skipped with a note and everything else is written.
+
+Queue CPU per job is the workers' CPU per job minus the bare pool's for the
+same job in the same repetition: what the queue itself costs.
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+COLUMNS = [
+    ("system", "system", "{}"), ("broker", "broker", "{}"), ("rep", "rep", "{}"),
+    ("noop_rate", "noop/s", "{:.0f}"), ("noop_cpu_ms", "noop cpu ms", "{:.3f}"),
+    ("queue_cpu_noop_ms", "q-cpu noop", "{:.3f}"),
+    ("scrape_rate", "scrape/s", "{:.0f}"), ("scrape_cpu_ms", "scrape cpu ms", "{:.3f}"),
+    ("queue_cpu_scrape_ms", "q-cpu scrape", "{:.3f}"),
+    ("scrape_ka_rate", "scrape-ka/s", "{:.0f}"), ("queue_cpu_scrape_ka_ms", "q-cpu ka", "{:.3f}"),
+    ("latency_p50_ms", "lat p50 ms", "{:.1f}"), ("latency_p99_ms", "lat p99 ms", "{:.1f}"),
+    ("enqueue_one", "send/s", "{:.0f}"), ("enqueue_batch", "batch/s", "{:.0f}"),
+    ("rss_mib", "rss MiB", "{:.1f}"), ("conns", "conns", "{}"), ("conns_small_t", "conns small-t", "{}"),
+    ("error", "error", "{}"),
+]
+
+
+def derive(rows):
+    """Add the queue's own CPU per job (minus the bare pool's of the same repetition)."""
+    bare = {r.get("rep"): r for r in rows if r["system"] == "bare" and "error" not in r}
+    for row in rows:
+        base = bare.get(row.get("rep"))
+        if base is None or row["system"] == "bare":
+            continue
+        for job in ("noop", "scrape", "scrape_ka"):
+            if f"{job}_cpu_ms" in row and f"{job}_cpu_ms" in base:
+                row[f"queue_cpu_{job}_ms"] = row[f"{job}_cpu_ms"] - base[f"{job}_cpu_ms"]
+    return rows
+
+
+def _cell(row, key, fmt):
+    value = row.get(key)
+    if value is None:
+        return "-"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def table(rows):
+    derive(rows)
+    keys = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    lines = [[title for _, title, _ in keys]]
+    lines += [[_cell(r, key, fmt) for key, _, fmt in keys] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(keys))]
+    out = ["  ".join(cell.rjust(w) if i > 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+           for line in lines]
+    out.insert(1, "-" * len(out[0]))
+    return "\n".join(out)
+
+
+# --- targets --------------------------------------------------------------------------------
+
+def _find(rows, rep, system, broker):
+    for row in rows:
+        if row.get("rep") == rep and row["system"] == system and row["broker"] == broker and "error" not in row:
+            return row
+    return None
+
+
+def targets(rows):
+    """``[(rep, target, measured text, met or None when not measurable)]`` for the issue's targets."""
+    derive(rows)
+    results = []
+    for rep in sorted({r.get("rep") for r in rows}):
+        bare = _find(rows, rep, "bare", "none")
+
+        def check(name, ok, text):
+            results.append((rep, name, text, ok))
+
+        for broker in ("redis", "rabbitmq", "sqlite"):
+            g = _find(rows, rep, "greenq", broker)
+            if g is None:
+                continue
+            d = _find(rows, rep, "dramatiq", broker)
+            if d is not None:
+                ratio = g["noop_rate"] / d["noop_rate"]
+                check(f"noop >= 2x dramatiq ({broker})", ratio >= 2, f"{ratio:.2f}x")
+                gq, dq = g.get("queue_cpu_scrape_ms"), d.get("queue_cpu_scrape_ms")
+                if gq is not None and dq is not None:
+                    ok = gq <= dq / 3
+                    check(f"queue CPU/job <= 1/3 dramatiq ({broker}, scrape)", ok,
+                          f"{gq:.3f} vs {dq:.3f} ms ({gq / dq:.2f}x)" if dq > 0 else f"{gq:.3f} vs {dq:.3f} ms")
+                gq, dq = g.get("queue_cpu_noop_ms"), d.get("queue_cpu_noop_ms")
+                if gq is not None and dq is not None:
+                    check(f"queue CPU/job <= 1/3 dramatiq ({broker}, noop)", gq <= dq / 3,
+                          f"{gq:.3f} vs {dq:.3f} ms" + (f" ({gq / dq:.2f}x)" if dq > 0 else ""))
+                ratio = g["enqueue_one"] / d["enqueue_one"]
+                check(f"send() >= dramatiq's ({broker})", ratio >= 1, f"{ratio:.2f}x")
+                if broker == "redis" and g.get("enqueue_batch"):
+                    ratio = g["enqueue_batch"] / d["enqueue_one"]
+                    check("batch >= 10x dramatiq send() (redis)", ratio >= 10, f"{ratio:.1f}x")
+                if g.get("rss_mib") and d.get("rss_mib"):
+                    check(f"worker RSS <= dramatiq's ({broker})", g["rss_mib"] <= d["rss_mib"],
+                          f"{g['rss_mib']:.1f} vs {d['rss_mib']:.1f} MiB")
+            if bare is not None:
+                ratio = g["noop_rate"] / bare["noop_rate"]
+                check(f"noop >= 75% of bare pool ({broker})", ratio >= 0.75, f"{ratio:.0%}")
+                ratio = g["scrape_rate"] / bare["scrape_rate"]
+                check(f"scrape >= 95% of bare pool ({broker})", ratio >= 0.95, f"{ratio:.0%}")
+                ratio = g["scrape_ka_rate"] / bare["scrape_ka_rate"]
+                check(f"scrape keep-alive >= 95% of bare pool ({broker})", ratio >= 0.95, f"{ratio:.0%}")
+            if g.get("latency_p50_ms") is not None:
+                check(f"idle latency p50 < 5 ms, p99 < 20 ms ({broker})",
+                      g["latency_p50_ms"] < 5 and g["latency_p99_ms"] < 20,
+                      f"p50 {g['latency_p50_ms']:.1f} ms, p99 {g['latency_p99_ms']:.1f} ms")
+            if g.get("conns") is not None and g.get("conns_small_t") is not None:
+                check(f"connections flat as -t grows ({broker})", g["conns"] <= g["conns_small_t"] + 2,
+                      f"{g['conns_small_t']} at small -t, {g['conns']} at full -t")
+    return results
+
+
+def targets_text(results):
+    if not results:
+        return "No targets could be checked (greenq and its comparison cases did not all run)."
+    lines = ["Targets (ratios within the same repetition):"]
+    for rep, name, text, ok in results:
+        mark = "met " if ok else "MISS"
+        lines.append(f"  [{mark}] rep {rep}: {name}: {text}")
+    return "\n".join(lines)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def write(rows, meta, folder, chart=True):
+    """Write <stamp>.json, .csv and (if matplotlib is somewhere) .png; return the paths written."""
+    derive(rows)
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, time.strftime("%Y%m%d-%H%M%S"))
+    data = {"meta": meta, "rows": rows, "targets": [list(t) for t in targets(rows)]}
+    with open(stem + ".json", "w") as f:
+        json.dump(data, f, indent=2)
+    keys = [c[0] for c in COLUMNS if any(c[0] in r for r in rows)]
+    with open(stem + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    paths = [stem + ".json", stem + ".csv"]
+    if chart:
+        png = make_chart(stem + ".json", stem + ".png")
+        if png:
+            paths.append(png)
+    return paths
+
+
+def make_chart(json_path, png_path):
+    """Draw the chart here if matplotlib imports, else in the peers' virtualenv; None if neither can."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from . import peers
+
+        if os.path.exists(peers.python()):
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            done = subprocess.run([peers.python(), "-m", "benchmarks.report", "--chart", json_path, png_path],
+                                  cwd=root, capture_output=True, text=True)
+            if done.returncode == 0:
+                return png_path
+            print(f"chart skipped: the peers' matplotlib failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+            return None
+        print("chart skipped: matplotlib is not installed (python -m benchmarks.peers installs it "
+              "in the peers' virtualenv)", file=sys.stderr)
+        return None
+    _draw(json_path, png_path)
+    return png_path
+
+
+def _draw(json_path, png_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(json_path) as f:
+        data = json.load(f)
+    rows = [r for r in data["rows"] if "error" not in r]
+    panels = [("noop_rate", "no-op jobs/s"), ("scrape_rate", "scrape jobs/s (new connection)"),
+              ("scrape_ka_rate", "scrape jobs/s (keep-alive Session)"), ("queue_cpu_scrape_ms", "queue CPU ms/job"),
+              ("latency_p50_ms", "idle pickup p50 ms"), ("enqueue_one", "send() one by one /s")]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (key, title) in zip(axes.flat, panels):
+        picked = [r for r in rows if r.get(key) is not None]
+        labels = [f"{r['system']}\n{r['broker']}" + (f"\n#{r['rep']}" if data["meta"].get("repeat", 1) > 1 else "")
+                  for r in picked]
+        colors = [{"greenq": "#2a9d8f", "dramatiq": "#e76f51", "celery": "#8d99ae", "bare": "#264653"}.get(
+            r["system"], "grey") for r in picked]
+        ax.bar(range(len(picked)), [r[key] for r in picked], color=colors)
+        ax.set_xticks(range(len(picked)))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_title(title, fontsize=10)
+    meta = data["meta"]
+    fig.suptitle(f"greenq vs Dramatiq vs Celery: N={meta['n']}, -p {meta['processes']} -t {meta['threads']}, "
+                 f"{meta['cpus']} CPUs, {meta['when']}")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json_path")
+    parser.add_argument("png_path", nargs="?")
+    parser.add_argument("--chart", action="store_true", help="draw the PNG (needs matplotlib here)")
+    args = parser.parse_args()
+    if args.chart:
+        _draw(args.json_path, args.png_path or args.json_path[:-5] + ".png")
+        return 0
+    with open(args.json_path) as f:
+        data = json.load(f)
+    print(table(data["rows"]))
+    print()
+    print(targets_text(targets(data["rows"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""Run every workload for each system and broker, print a table, write JSON/CSV/PNG.
+
+    python -m benchmarks --n 2000 --systems greenq,dramatiq,celery,bare --brokers redis,rabbitmq,sqlite
+
+Cases: greenq (``greenq-gevent``) on redis, rabbitmq and sqlite; Dramatiq
+(``dramatiq-gevent``) on redis and rabbitmq; Celery (``-P gevent``) on redis;
+and the bare gevent pool (no queue), the ceiling. Peers run from their own
+virtualenv (``benchmarks/.venv-peers``, created by ``benchmarks.peers`` on
+first use with ``--install-peers``; without it, peers are skipped when the
+virtualenv is missing).
+
+Per case: start the workers (``-p`` processes x ``-t`` greenlets), measure
+idle pickup latency, then for noop, scrape and scrape with a keep-alive
+Session: enqueue N gated jobs, let the workers prefetch them and block at the
+gate, read the workers' CPU, open the gate, and time until the N-th job ends.
+Then the peak RSS of the largest worker process, the broker connections seen
+during scrape, the enqueue rates from one producer process, and a second short
+scrape at ``--small-threads`` to show whether connections grow with ``-t``.
+
+Isolation on shared servers: greenq's Redis keys sit under a per-run
+namespace in db 0; Dramatiq and Celery use Redis db 15 (``--peer-redis-db``)
+with per-run names, and that db is flushed at the end of a run that used it;
+RabbitMQ work happens in a per-run vhost that is created and deleted. Every
+process started runs in its own process group and is killed in ``finally``.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from . import peers, procs, report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+REDIS = "redis://127.0.0.1:6379"
+REDIS_PORT, AMQP_PORT = 6379, 5672
+CASES = [
+    ("bare", "none"),
+    ("greenq", "redis"), ("greenq", "rabbitmq"), ("greenq", "sqlite"),
+    ("dramatiq", "redis"), ("dramatiq", "rabbitmq"),
+    ("celery", "redis"),
+]
+
+
+class BenchError(Exception):
+    """A case could not be measured (a worker died, a phase timed out...)."""
+
+
+def log(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- the run: shared server, isolation -----------------------------------------------
+
+class Run:
+    def __init__(self, args):
+        self.args = args
+        self.id = uuid.uuid4().hex[:8]
+        self.dir = tempfile.mkdtemp(prefix=f"greenq-bench-{self.id}-")
+        self.vhost = None
+        self.server = None
+        self.http_url = None
+        self.used_peer_redis = False
+
+    def start_server(self):
+        self.server = subprocess.Popen([sys.executable, "-m", "benchmarks.server", "--delay-ms", "50"],
+                                       cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                       env=_env({}))
+        line = self.server.stdout.readline().split()
+        if len(line) != 2 or line[0] != "port":
+            raise BenchError(f"the HTTP server did not start (said {line!r})")
+        self.http_url = f"http://127.0.0.1:{line[1]}/page"
+
+    def vhost_url(self):
+        if self.vhost is None:
+            name = f"greenq-bench-{self.id}"
+            for cmd in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
+                subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True, timeout=60)
+            self.vhost = name
+        return f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+
+    def close(self):
+        if self.server is not None:
+            procs.stop_group(self.server)
+        if self.vhost is not None:
+            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], capture_output=True, timeout=60)
+        if self.used_peer_redis:
+            import redis
+
+            redis.Redis.from_url(f"{REDIS}/{self.args.peer_redis_db}").flushdb()
+        if not self.args.keep_logs:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _env(extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+# --- one case: a system on a broker ------------------------------------------------------
+
+class Case:
+    def __init__(self, run, system, broker, threads, tag=""):
+        self.run = run
+        self.system = system
+        self.broker = broker
+        self.threads = threads
+        self.processes = run.args.processes
+        self.dir = os.path.join(run.dir, f"{system}-{broker}{tag}")
+        os.makedirs(self.dir)
+        self.queue = f"bench-{run.id}"
+        self.namespace = f"{system}-bench-{run.id}{tag.replace('@', '-')}"
+        self.procs = []
+        self.phase = 0
+        self.url = self._broker_url()
+
+    def _broker_url(self):
+        if self.broker == "redis":
+            if self.system == "greenq":
+                return f"{REDIS}/0"
+            self.run.used_peer_redis = True
+            return f"{REDIS}/{self.run.args.peer_redis_db}"
+        if self.broker == "rabbitmq":
+            return self.run.vhost_url()
+        if self.broker == "sqlite":
+            return f"sqlite:///{os.path.join(self.dir, 'broker.sqlite3')}"
+        return ""
+
+    @property
+    def port(self):
+        return {"redis": REDIS_PORT, "rabbitmq": AMQP_PORT}.get(self.broker)
+
+    def env(self):
+        return _env({"BENCH_RUN_DIR": self.dir, "BENCH_BROKER_URL": self.url, "BENCH_QUEUE": self.queue,
+                     "BENCH_NAMESPACE": self.namespace, "BENCH_HTTP_URL": self.run.http_url,
+                     "BENCH_WORKER": "1"})
+
+    def python(self):
+        return sys.executable if self.system in ("greenq", "bare") else peers.python()
+
+    def worker_commands(self):
+        p, t = str(self.processes), str(self.threads)
+        if self.system == "greenq":
+            launcher = shutil.which("greenq-gevent")
+            head = [launcher] if launcher else [
+                sys.executable, "-c",
+                "from gevent import monkey; monkey.patch_all()\n"
+                "from greenq.cli.gevent_main import main; main()"]
+            return [head + ["benchmarks.workloads.greenq_app", "-p", p, "-t", t, "-Q", self.queue,
+                            "--quiet-messages", "--path", ROOT]]
+        if self.system == "dramatiq":
+            return [[peers.bin_path("dramatiq-gevent"), "benchmarks.workloads.dramatiq_app", "-p", p, "-t", t,
+                     "-Q", self.queue, "--path", ROOT]]
+        if self.system == "celery":
+            return [[peers.bin_path("celery"), "-A", "benchmarks.workloads.celery_app", "worker", "-P", "gevent",
+                     "-c", t, "-Q", self.queue, "-l", "warning", "-n", f"bench{i}-{self.run.id}@%h",
+                     "--without-heartbeat", "--without-gossip", "--without-mingle"]
+                    for i in range(self.processes)]
+        return [[sys.executable, "-m", "benchmarks.workloads.bare", "-t", t] for _ in range(self.processes)]
+
+    # --- processes ---------------------------------------------------------------------
+
+    def start(self):
+        for i, cmd in enumerate(self.worker_commands()):
+            env = self.env()
+            env["BENCH_BARE_INDEX"] = str(i)
+            out = open(os.path.join(self.dir, f"worker-{i}.log"), "w")
+            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, start_new_session=True))
+            out.close()
+        deadline = time.monotonic() + 90
+        while len(self.stats()) < self.processes:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.label}: workers did not come up within 90 s; see {self.dir}")
+            time.sleep(0.05)
+        time.sleep(0.5)  # consumers connect after the module import that started the probe
+
+    def stop(self):
+        for proc in self.procs:
+            procs.stop_group(proc)
+
+    def _check_alive(self):
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                tail = open(os.path.join(self.dir, f"worker-{i}.log")).read()[-2000:]
+                raise BenchError(f"{self.label}: a worker command exited with {proc.returncode}:\n{tail}")
+
+    def pids(self):
+        return procs.tree([p.pid for p in self.procs])
+
+    @property
+    def label(self):
+        return f"{self.system}/{self.broker}"
+
+    # --- what the workers report -------------------------------------------------------------
+
+    def stats(self):
+        found = []
+        for name in os.listdir(self.dir):
+            if name.startswith("stats-") and name.endswith(".json"):
+                try:
+                    with open(os.path.join(self.dir, name)) as f:
+                        found.append(json.load(f))
+                except (OSError, ValueError):
+                    continue
+        return found
+
+    def produce(self, *args, timeout=300):
+        cmd = [self.python(), "-m", "benchmarks.producer", self.system, *map(str, args)]
+        done = subprocess.run(cmd, cwd=ROOT, env=_env({**self.env(), "BENCH_WORKER": ""}), capture_output=True,
+                              text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise BenchError(f"{self.label}: producer {' '.join(map(str, args))} failed:\n{done.stderr[-2000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def _load(self, job, n, keep_alive):
+        if self.system == "bare":
+            base, extra = divmod(n, self.processes)
+            for i in range(self.processes):
+                args = [self.phase, True] if keep_alive else [self.phase]
+                order = {"job": job, "args": args, "count": base + (1 if i < extra else 0)}
+                path = os.path.join(self.dir, f"order-{i}-{self.phase}.json")
+                with open(path + ".tmp", "w") as f:
+                    json.dump(order, f)
+                os.replace(path + ".tmp", path)
+            return
+        self.produce("load", job, "--phase", self.phase, "--n", n, *(["--keep-alive"] if keep_alive else []))
+
+    def _release(self):
+        path = os.path.join(self.dir, "release")
+        with open(path + ".tmp", "w") as f:
+            f.write(str(self.phase))
+        os.replace(path + ".tmp", path)
+
+    def throughput(self, job, n, keep_alive=False):
+        """Jobs per second and worker CPU ms per job, from the gate's opening to the N-th job's end."""
+        self.phase += 1
+        self._load(job, n, keep_alive)
+        # wait until the workers have prefetched and blocked at the gate (the count stops moving)
+        deadline = time.monotonic() + 60
+        last, since = -1, time.monotonic()
+        while True:
+            self._check_alive()
+            waiting = sum(s["waiting"] for s in self.stats())
+            if waiting != last:
+                last, since = waiting, time.monotonic()
+            elif waiting > 0 and time.monotonic() - since > 0.4:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.label}: no job reached the gate within 60 s (phase {self.phase})")
+            time.sleep(0.02)
+        pids = self.pids()
+        cpu0 = procs.cpu_seconds(pids)
+        start = time.time()
+        self._release()
+        key = str(self.phase)
+        conns = 0
+        deadline = time.monotonic() + max(120, n / 20)
+        samples = 0
+        while True:
+            stats = self.stats()
+            done = sum(s["phases"].get(key, [0])[0] for s in stats)
+            if done >= n:
+                break
+            if self.port and samples % 2 == 0:
+                conns = max(conns, procs.broker_connections(pids, self.port))
+            samples += 1
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.label}: {job} finished {done}/{n} jobs before the deadline")
+            self._check_alive()
+            time.sleep(0.01)
+        cpu1 = procs.cpu_seconds(pids)
+        end = max(s["phases"][key][2] for s in stats if key in s["phases"])
+        return {"rate": n / max(1e-6, end - start), "cpu_ms": (cpu1 - cpu0) * 1000 / n, "conns": conns}
+
+    def latency(self, samples, spacing):
+        self.produce("latency", "--n", samples, "--spacing", spacing)
+        deadline = time.monotonic() + 30
+        while True:
+            values = [v for s in self.stats() for v in s["latency"]]
+            if len(values) >= samples:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.label}: only {len(values)}/{samples} latency jobs ran within 30 s")
+            time.sleep(0.02)
+        values.sort()
+        return {"p50": statistics.median(values), "p99": values[min(len(values) - 1, int(0.99 * len(values)))]}
+
+    def peak_rss_mib(self):
+        return max((procs.peak_rss_kib(pid) for pid in self.pids()), default=0) / 1024
+
+    def cleanup(self):
+        """Drop what the case left on a shared server (RabbitMQ's vhost goes at the end of the run)."""
+        if self.broker == "redis" and self.system == "greenq":
+            import redis
+
+            client = redis.Redis.from_url(self.url)
+            keys = list(client.scan_iter(match="{%s:*" % self.namespace, count=1000))
+            keys += list(client.scan_iter(match="%s*" % self.namespace, count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i:i + 500])
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+def measure_case(run, system, broker, args):
+    row = {"system": system, "broker": broker}
+    case = Case(run, system, broker, args.threads)
+    log(f"== {case.label}: {args.processes} x {args.threads} greenlets")
+    try:
+        case.start()
+        if system != "bare":
+            lat = case.latency(args.latency_samples, args.latency_spacing)
+            row.update(latency_p50_ms=lat["p50"], latency_p99_ms=lat["p99"])
+        for name, job, keep_alive in (("noop", "noop", False), ("scrape", "scrape", False),
+                                      ("scrape_ka", "scrape", True)):
+            result = case.throughput(job, args.n, keep_alive)
+            row[f"{name}_rate"] = result["rate"]
+            row[f"{name}_cpu_ms"] = result["cpu_ms"]
+            if name == "scrape":
+                row["conns"] = result["conns"]
+            log(f"   {name:<10} {result['rate']:8.0f} jobs/s  {result['cpu_ms']:.3f} ms CPU/job"
+                + (f"  {result['conns']} broker conns" if case.port else ""))
+        row["rss_mib"] = case.peak_rss_mib()
+        if system != "bare":
+            enq = case.produce("enqueue", "--n", args.enqueue_n)
+            row["enqueue_one"] = enq["one_by_one"]
+            row["enqueue_batch"] = enq["batch"]
+    except BenchError as e:
+        row["error"] = str(e).splitlines()[0]
+        log(f"   FAILED: {e}")
+    finally:
+        case.stop()
+        case.cleanup()
+    if "error" not in row and case.port and args.small_threads:
+        small = Case(run, system, broker, args.small_threads, tag=f"@t{args.small_threads}")
+        try:
+            small.start()
+            result = small.throughput("scrape", max(50, args.n // 4))
+            row["conns_small_t"] = result["conns"]
+        except BenchError as e:
+            log(f"   FAILED at -t {args.small_threads}: {e}")
+        finally:
+            small.stop()
+            small.cleanup()
+    return row
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="jobs per throughput workload [2000]")
+    parser.add_argument("--systems", default="bare,greenq,dramatiq,celery",
+                        help="comma-separated: bare, greenq, dramatiq, celery [all]")
+    parser.add_argument("--brokers", default="redis,rabbitmq,sqlite", help="comma-separated [redis,rabbitmq,sqlite]")
+    parser.add_argument("-p", "--processes", type=int, default=2, help="worker processes [2]")
+    parser.add_argument("-t", "--threads", type=int, default=250, help="greenlets per process [250]")
+    parser.add_argument("--small-threads", type=int, default=25,
+                        help="also run a short scrape at this -t to compare connection counts (0: skip) [25]")
+    parser.add_argument("--enqueue-n", type=int, default=None, help="messages for the enqueue workload [n]")
+    parser.add_argument("--latency-samples", type=int, default=100)
+    parser.add_argument("--latency-spacing", type=float, default=20.0, help="ms between latency messages [20]")
+    parser.add_argument("--repeat", type=int, default=1, help="measure every case this many times [1]")
+    parser.add_argument("--install-peers", action="store_true",
+                        help="create benchmarks/.venv-peers and install Dramatiq and Celery there if missing")
+    parser.add_argument("--peer-redis-db", type=int, default=15, help="Redis db for Dramatiq and Celery [15]")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="where results go [benchmarks/results]")
+    parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs (the path is printed)")
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if args.enqueue_n is None:
+        args.enqueue_n = args.n
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    peer_systems = [s for s in args.systems if s in ("dramatiq", "celery")]
+    if peer_systems:
+        if args.install_peers:
+            peers.ensure()
+        elif not peers.available():
+            log(f"Skipping {', '.join(peer_systems)}: {peers.VENV} is missing (add --install-peers).")
+            args.systems = [s for s in args.systems if s not in peer_systems]
+    cases = [(s, b) for s, b in CASES if s in args.systems and (b in args.brokers or b == "none")]
+    run = Run(args)
+    rows = []
+    try:
+        run.start_server()
+        for rep in range(1, args.repeat + 1):
+            for system, broker in cases:
+                row = measure_case(run, system, broker, args)
+                row["rep"] = rep
+                rows.append(row)
+    finally:
+        run.close()
+    meta = {"n": args.n, "processes": args.processes, "threads": args.threads, "repeat": args.repeat,
+            "cpus": os.cpu_count(), "python": sys.version.split()[0], "peers": peers.versions(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    paths = report.write(rows, meta, args.out, chart=not args.no_chart)
+    print(report.table(rows))
+    print()
+    print(report.targets_text(report.targets(rows)))
+    for path in paths:
+        print(f"wrote {path}")
+    if args.keep_logs:
+        print(f"logs in {run.dir}")
+    return 1 if any("error" in r for r in rows) else 0
