@@ -18,9 +18,13 @@ from .message import Encoder, JSONEncoder, Message, MessageProxy, get_encoder, s
 from .middleware import Middleware
 from .worker import Worker
 from . import results  # noqa: E402 - registers the store_results / result_ttl actor options
+from .data_queue import DataQueue  # noqa: E402
+from .errors import Cancelled  # noqa: E402
+from .scheduling import cron, periodic  # noqa: E402
 
 __all__ = [
-    "Actor", "ActorNotFound", "ActorOptionError", "Broker", "BrokerError", "ConnectionError", "Consumer",
+    "Actor", "ActorNotFound", "ActorOptionError", "Broker", "BrokerError", "Cancelled", "ConnectionError", "Consumer",
+    "DataQueue", "cron", "periodic",
     "DecodeError", "EncodeError", "Encoder", "GreenqError", "JSONEncoder", "Message", "MessageProxy",
     "Middleware", "QueueJoinTimeout", "QueueNotFound", "Retry", "Shutdown", "TimeLimitExceeded", "Worker",
     "__version__", "actor", "declare_actors", "errors", "get_broker", "get_encoder", "middleware",

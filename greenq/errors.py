@@ -72,6 +72,10 @@ class Shutdown(Interrupt):
     """The worker is shutting down; sent only to actors with ``notify_shutdown=True``."""
 
 
+class Cancelled(Interrupt):
+    """The message was cancelled (``message.cancel()``) while its actor ran; the actor may catch it."""
+
+
 class Retry(GreenqError):
     """Raise from an actor to ask for a retry, optionally after ``delay`` milliseconds.
 

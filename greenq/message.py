@@ -189,6 +189,22 @@ class Message:
             backend = results.backend
         return backend.get_result(self, block=block, timeout=timeout)
 
+    def wait_started(self, timeout=None, *, broker=None) -> bool:
+        """Block up to ``timeout`` seconds (None: no limit) until a worker starts this message.
+
+        True once it has started (it may have finished too). Needs the ``Cancel``
+        middleware on ``broker`` (default: the global one); see ``greenq.middleware.cancel``.
+        """
+        from .middleware.cancel import wait_started
+
+        return wait_started(self, timeout, broker)
+
+    def cancel(self, *, broker=None) -> None:
+        """Cancel this message: skipped if not started yet, interrupted with ``Cancelled`` if running."""
+        from .middleware.cancel import cancel
+
+        cancel(self, broker)
+
     def copy(self, **changes) -> "Message":
         values = {name: getattr(self, name) for name in FIELDS}
         values.update(changes)

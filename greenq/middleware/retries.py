@@ -10,7 +10,7 @@ import logging
 import random
 import traceback
 
-from ..errors import Retry
+from ..errors import Cancelled, Retry
 from .middleware import Middleware, a_callable, at_least_ms, boolean, non_negative_int, one_of, optional
 
 logger = logging.getLogger("greenq.middleware.retries")
@@ -83,8 +83,8 @@ class Retries(Middleware):
         return actor.options.get(name, getattr(self, name))
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        if exception is None:
-            return
+        if exception is None or isinstance(exception, Cancelled):
+            return  # a cancelled message is never retried (the Cancel middleware settles it)
         actor = broker.get_actor(message.actor_name)
         retries = message.options.get("retries", 0)
         max_retries = self._option(actor, "max_retries")
