@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from . import errors, middleware
 from .actor import Actor, actor
+from .composition import group, pipeline
 from .broker import Broker, Consumer, declare_actors, get_broker, set_broker
 from .errors import (
     ActorNotFound, ActorOptionError, BrokerError, ConnectionError, DecodeError, EncodeError, GreenqError,
@@ -28,5 +29,5 @@ __all__ = [
     "DecodeError", "EncodeError", "Encoder", "GreenqError", "JSONEncoder", "Message", "MessageProxy",
     "Middleware", "QueueJoinTimeout", "QueueNotFound", "Retry", "Shutdown", "TimeLimitExceeded", "Worker",
     "__version__", "actor", "declare_actors", "errors", "get_broker", "get_encoder", "middleware",
-    "set_broker", "set_encoder",
+    "set_broker", "set_encoder", "group", "pipeline",
 ]

@@ -7,6 +7,7 @@ from .age_limit import AgeLimit
 from .callbacks import Callbacks
 from .current_message import CurrentMessage
 from .middleware import HOOKS, Middleware
+from .pipelines import GroupCallbacks, Pipelines
 from .retries import Retries, compute_backoff
 from .shutdown import ShutdownNotifications
 from .time_limit import TimeLimit
@@ -17,13 +18,15 @@ def default_middleware():
     """Fresh instances of the middleware every broker runs unless told otherwise.
 
     Order matters for ``after_*`` hooks, which run last-to-first: Retries decides
-    whether a failure is final before Callbacks looks at it.
+    whether a failure is final (``message.retried`` / ``message.failed``) before
+    Callbacks, GroupCallbacks and Pipelines look at the outcome.
     """
-    return [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Retries()]
+    return [AgeLimit(), TimeLimit(), ShutdownNotifications(), Pipelines(), GroupCallbacks(), Callbacks(), Retries()]
 
 
 __all__ = [
-    "AgeLimit", "Callbacks", "CurrentMessage", "HOOKS", "Interrupt", "Middleware", "Retries",
+    "AgeLimit", "Callbacks", "CurrentMessage", "GroupCallbacks", "HOOKS", "Interrupt", "Middleware", "Pipelines",
+    "Retries",
     "Shutdown", "ShutdownNotifications", "SkipMessage", "TimeLimit", "TimeLimitExceeded",
     "compute_backoff", "default_middleware",
 ]

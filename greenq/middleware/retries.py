@@ -50,11 +50,25 @@ def compute_backoff(attempt, *, strategy="exponential", min_backoff=15000, max_b
     return int(backoff)
 
 
+def exception_types(value):
+    """``retry_on``: an exception class or a tuple/list of them."""
+    for kind in _as_tuple(value):
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise ValueError("expected an exception class or a tuple of exception classes")
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
 class Retries(Middleware):
     """Retry failed messages; dead-letter them once retries are exhausted.
 
     Defaults follow the user guide: no retries, 15 s minimum and 1 h maximum
-    backoff, exponential strategy, with jitter.
+    backoff, exponential strategy, with jitter. ``retry_on=(TimeoutError, ...)``
+    (Deferrable's ``error_classes``) retries only those exceptions (and
+    ``Retry``), within ``max_retries``/``retry_when``; any other goes straight
+    to the dead letters.
     """
 
     actor_options = {
@@ -64,10 +78,11 @@ class Retries(Middleware):
         "retry_when": optional(a_callable),
         "backoff_strategy": one_of(*STRATEGIES),
         "jitter": boolean,
+        "retry_on": optional(exception_types),
     }
 
     def __init__(self, *, max_retries=0, min_backoff=15000, max_backoff=3600000, retry_when=None,
-                 backoff_strategy="exponential", jitter=True):
+                 backoff_strategy="exponential", jitter=True, retry_on=None):
         for name, value in (("max_retries", max_retries), ("min_backoff", min_backoff),
                             ("max_backoff", max_backoff), ("backoff_strategy", backoff_strategy),
                             ("jitter", jitter)):
@@ -78,6 +93,7 @@ class Retries(Middleware):
         self.retry_when = retry_when
         self.backoff_strategy = backoff_strategy
         self.jitter = jitter
+        self.retry_on = retry_on
 
     def _option(self, actor, name):
         return actor.options.get(name, getattr(self, name))
@@ -94,6 +110,12 @@ class Retries(Middleware):
         else:
             should_retry = retries < max_retries
         reason = f"{type(exception).__name__}: {exception}"
+        retry_on = self._option(actor, "retry_on")
+        if retry_on is not None and not isinstance(exception, (Retry, *_as_tuple(retry_on))):
+            logger.info("Message %s failed with %s, not one of its actor's retry_on; not retrying it.",
+                        message.message_id, type(exception).__name__)
+            message.fail(reason)
+            return
         if not should_retry:
             if retries:
                 logger.warning("Retries exceeded for message %s after %d retr%s.", message.message_id, retries,

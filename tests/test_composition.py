@@ -1,0 +1,212 @@
+"""Pipelines, groups, completion callbacks and retry_on, with results, on the stub, Redis and SQLite."""
+
+import threading
+import uuid
+
+import pytest
+
+import greenq
+from greenq.errors import ResultFailure, ResultTimeout
+from greenq.middleware import GroupCallbacks
+from greenq.results import Results, StubBackend
+
+from redis_helpers import REDIS_URL, require_server
+
+
+def _broker_and_results(kind, tmp_path):
+    if kind == "stub":
+        from greenq.brokers.stub import StubBroker
+
+        broker = StubBroker()
+        return broker, StubBackend(), broker.close
+    if kind == "sqlite":
+        from greenq.brokers.sqlite import SqliteBroker
+        from greenq.results.sqlite import SqliteBackend
+
+        broker = SqliteBroker(path=str(tmp_path / "composition.sqlite3"))
+        return broker, SqliteBackend(broker=broker), broker.close
+    require_server("Redis", "127.0.0.1", 6379)
+    from greenq.brokers.redis import RedisBroker
+    from greenq.results.redis import RedisBackend
+
+    namespace = f"greenq-test-comp-{uuid.uuid4().hex[:8]}"
+    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    results = RedisBackend(REDIS_URL, namespace=namespace)
+
+    def cleanup():
+        keys = list(broker.client.scan_iter(f"{namespace}:*")) + list(broker.client.scan_iter(f"{{{namespace}:*"))
+        if keys:
+            broker.client.delete(*keys)
+        results.close()
+        broker.close()
+
+    return broker, results, cleanup
+
+
+@pytest.fixture(params=["stub", "redis", "sqlite"])
+def setup(request, tmp_path):
+    broker, results, cleanup = _broker_and_results(request.param, tmp_path)
+    broker.add_middleware(Results(backend=results, store_results=True))
+    greenq.set_broker(broker)
+    worker = greenq.Worker(broker, worker_threads=16, worker_timeout=100)
+    yield broker, worker
+    worker.stop(timeout=5000)
+    cleanup()
+
+
+def test_three_step_pipeline_passes_results_on(setup, queue_name):
+    broker, worker = setup
+
+    @greenq.actor(queue_name=queue_name)
+    def add_one(x):
+        return x + 1
+
+    @greenq.actor(queue_name=queue_name)
+    def double(x):
+        return x * 2
+
+    @greenq.actor(queue_name=queue_name)
+    def describe(x, unit="cm"):
+        return f"{x} {unit}"
+
+    pipe = greenq.pipeline([add_one.message(4), double.message(), describe.message_with_options(kwargs={"unit": "m"})])
+    assert len(pipe) == 3
+    worker.start()
+    pipe.run()
+    assert pipe.get_result(block=True, timeout=20000) == "10 m"
+    assert pipe.get_results(block=True, timeout=20000) == [5, 10, "10 m"]
+    assert pipe.completed and pipe.completed_count == 3
+
+
+def test_pipe_ignore_and_the_or_operator(setup, queue_name):
+    broker, worker = setup
+
+    @greenq.actor(queue_name=queue_name)
+    def first():
+        return "ignored"
+
+    @greenq.actor(queue_name=queue_name)
+    def second(*args):
+        return list(args)
+
+    pipe = greenq.pipeline([first.message()]) | second.message_with_options(args=(1,), pipe_ignore=True)
+    worker.start()
+    assert pipe.run().get_result(block=True, timeout=20000) == [1]
+
+
+def test_a_failing_step_stops_the_pipeline(setup, queue_name):
+    broker, worker = setup
+    ran = []
+
+    @greenq.actor(queue_name=queue_name)
+    def ok():
+        return 1
+
+    @greenq.actor(queue_name=queue_name)
+    def broken(x):
+        raise ValueError(f"bad {x}")
+
+    @greenq.actor(queue_name=queue_name)
+    def never(x):
+        ran.append(x)
+
+    pipe = greenq.pipeline([ok.message(), broken.message(), never.message()])
+    worker.start()
+    pipe.run()
+    with pytest.raises(ResultFailure, match="bad 1"):
+        pipe.get_results(block=True, timeout=20000)
+    with pytest.raises(ResultTimeout):
+        pipe.get_result(block=True, timeout=200)
+    assert ran == [] and pipe.completed_count == 2 and not pipe.completed
+
+
+def test_group_of_100_with_results_and_a_completion_callback(setup, queue_name):
+    broker, worker = setup
+    done = threading.Event()
+    seen = []
+
+    @greenq.actor(queue_name=queue_name)
+    def square(x):
+        return x * x
+
+    @greenq.actor(queue_name=queue_name)
+    def finished(label):
+        seen.append(label)
+        done.set()
+
+    g = greenq.group([square.message(i) for i in range(100)])
+    g.add_completion_callback(finished.message("all squared"))
+    worker.start()
+    g.run()
+    assert g.get_results(block=True, timeout=60000) == [i * i for i in range(100)]
+    assert done.wait(30)
+    g.wait(timeout=1000)
+    assert g.completed and g.completed_count == 100
+    worker.join(10000)
+    assert seen == ["all squared"]  # exactly once
+
+
+def test_group_of_pipelines(setup, queue_name):
+    broker, worker = setup
+    done = threading.Event()
+
+    @greenq.actor(queue_name=queue_name)
+    def inc(x):
+        return x + 1
+
+    @greenq.actor(queue_name=queue_name)
+    def callback():
+        done.set()
+
+    g = greenq.group([greenq.pipeline([inc.message(i), inc.message()]) for i in range(5)] + [inc.message(100)])
+    g.add_completion_callback(callback.message())
+    worker.start()
+    assert g.run().get_results(block=True, timeout=30000) == [2, 3, 4, 5, 6, 101]
+    assert done.wait(30)
+
+
+def test_a_redelivered_child_completes_its_group_once(stub_broker):
+    calls = []
+
+    @greenq.actor(broker=stub_broker, queue_name="cb")
+    def callback():
+        calls.append(1)
+
+    middleware = stub_broker.get_middleware(GroupCallbacks)
+    g = greenq.group([callback.message(), callback.message()], broker=stub_broker)
+    g.add_completion_callback(callback.message())
+    first, second = [greenq.MessageProxy(m) for m in g._first_messages()]
+    for message in (first, first, second, second):  # each child finishes twice, as after a redelivery
+        middleware.after_process_message(stub_broker, message, result=None)
+    assert stub_broker.queue_counts("cb")["ready"] == 1
+
+
+def test_composition_refuses_bad_children():
+    with pytest.raises(TypeError, match="message"):
+        greenq.pipeline([1])
+    with pytest.raises(ValueError, match="at least one"):
+        greenq.group([])
+
+
+def test_retry_on_retries_only_the_listed_errors(stub_broker, stub_worker):
+    attempts = {"timeout": 0, "value": 0}
+
+    @greenq.actor(broker=stub_broker, max_retries=2, min_backoff=100, max_backoff=100, retry_on=(TimeoutError,))
+    def flaky(kind):
+        attempts[kind] += 1
+        raise TimeoutError("slow") if kind == "timeout" else ValueError("wrong")
+
+    flaky.send("timeout")
+    flaky.send("value")
+    stub_broker.join(flaky.queue_name)
+    stub_worker.join()
+    assert attempts == {"timeout": 3, "value": 1}
+    failures = sorted(m.options["failure"] for m in stub_broker.dead_letters_of(flaky.queue_name))
+    assert failures == ["TimeoutError: slow", "ValueError: wrong"]
+
+
+def test_retry_on_is_checked_at_decoration():
+    with pytest.raises(greenq.ActorOptionError, match="retry_on"):
+        @greenq.actor(retry_on=("TimeoutError",))
+        def f():
+            pass
