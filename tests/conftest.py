@@ -146,3 +146,17 @@ class Recorder:
 @pytest.fixture
 def recorder():
     return Recorder()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="also run the long reliability variants (@pytest.mark.long: 100k soak, 30 s outage)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="long variant: run with --long")
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(skip)
