@@ -115,6 +115,18 @@ class Broker:
             self.middleware.remove(middleware)
             self._rebuild_hooks()
 
+    def add_event_consumer(self, consumer):
+        """Send lifecycle events to ``consumer``'s ``on_<event>`` methods (see ``greenq.middleware.events``)."""
+        from .middleware.events import Events
+
+        Events.on(self).register(consumer)
+
+    def add_metadata_producer_consumer(self, producer_consumer):
+        """Carry ``producer_consumer.produce_metadata()`` to the worker (see ``greenq.middleware.metadata``)."""
+        from .middleware.metadata import Metadata
+
+        Metadata.on(self).register(producer_consumer)
+
     def get_middleware(self, kind):
         """The first middleware that is an instance of ``kind``, or None."""
         return next((m for m in self.middleware if isinstance(m, kind)), None)
@@ -190,8 +202,14 @@ class Broker:
     # --- enqueueing ---------------------------------------------------------
 
     def enqueue(self, message, *, delay=None):
-        """Store ``message``, runnable now or after ``delay`` milliseconds. Returns the message sent."""
+        """Store ``message``, runnable now or after ``delay`` milliseconds.
+
+        Returns the message sent, or None when a middleware's ``prepare_enqueue``
+        dropped it (a debounced duplicate).
+        """
         message = self._prepare(message, delay)
+        if message is None:
+            return None
         self.emit_before("enqueue", message, delay)
         self._enqueue(message, message.options.get("eta"), self.priority_of(message))
         self.emit_after("enqueue", message, delay)
@@ -199,7 +217,7 @@ class Broker:
 
     def enqueue_many(self, messages, *, delay=None):
         """Store many messages in as few round trips as the broker allows."""
-        prepared = [self._prepare(m, delay) for m in messages]
+        prepared = [m for m in (self._prepare(m, delay) for m in messages) if m is not None]
         for m in prepared:
             self.emit_before("enqueue", m, delay)
         self._enqueue_many([(m, m.options.get("eta"), self.priority_of(m)) for m in prepared])
@@ -215,6 +233,10 @@ class Broker:
             if delay < 0:
                 raise ValueError(f"delay must be >= 0 ms, not {delay}")
             message = message.copy(options={**message.options, "eta": current_millis() + int(delay)})
+        for prepare in self._hooks.get("prepare_enqueue", ()):  # may change (metadata, eta) or drop it
+            message = prepare(self, message)
+            if message is None:
+                return None
         return message
 
     def _enqueue(self, message, eta, priority):

@@ -6,6 +6,9 @@
 from .age_limit import AgeLimit
 from .callbacks import Callbacks
 from .current_message import CurrentMessage
+from .debounce import Debounce
+from .events import Events
+from .metadata import Metadata, MetadataProducerConsumer
 from .middleware import HOOKS, Middleware
 from .pipelines import GroupCallbacks, Pipelines
 from .retries import Retries, compute_backoff
@@ -21,11 +24,13 @@ def default_middleware():
     whether a failure is final (``message.retried`` / ``message.failed``) before
     Callbacks, GroupCallbacks and Pipelines look at the outcome.
     """
-    return [AgeLimit(), TimeLimit(), ShutdownNotifications(), Pipelines(), GroupCallbacks(), Callbacks(), Retries()]
+    return [AgeLimit(), TimeLimit(), ShutdownNotifications(), Debounce(), Pipelines(), GroupCallbacks(), Callbacks(),
+            Retries()]
 
 
 __all__ = [
-    "AgeLimit", "Callbacks", "CurrentMessage", "GroupCallbacks", "HOOKS", "Interrupt", "Middleware", "Pipelines",
+    "AgeLimit", "Callbacks", "CurrentMessage", "Debounce", "Events", "GroupCallbacks", "Metadata",
+    "MetadataProducerConsumer", "HOOKS", "Interrupt", "Middleware", "Pipelines",
     "Retries",
     "Shutdown", "ShutdownNotifications", "SkipMessage", "TimeLimit", "TimeLimitExceeded",
     "compute_backoff", "default_middleware",

@@ -11,6 +11,8 @@ hook                       called
 ========================== ==================================================
 before/after_declare_actor  when an actor is declared on the broker
 before/after_declare_queue  when a queue is first declared
+prepare_enqueue             before a message is stored: return it, a changed
+                            copy (metadata, eta), or None to drop it
 before/after_enqueue        around ``broker.enqueue(message, delay=)``
 before_process_message      in the worker, before the actor runs; raise
                             ``SkipMessage`` to skip it
@@ -33,7 +35,7 @@ decoration time, so a typo fails where it was written.
 HOOKS = (
     "before_declare_actor", "after_declare_actor",
     "before_declare_queue", "after_declare_queue",
-    "before_enqueue", "after_enqueue",
+    "prepare_enqueue", "before_enqueue", "after_enqueue",
     "before_process_message", "after_process_message", "after_skip_message",
     "before_ack", "after_ack", "before_nack", "after_nack",
     "after_process_boot", "before_process_stop",
