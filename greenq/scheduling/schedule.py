@@ -111,7 +111,10 @@ class Cron:
         # first candidate whose instant lies strictly after t.
         iterator = self._croniter(self.expression, local - datetime.timedelta(hours=1))
         for _ in range(_MAX_STEPS):
-            candidate = iterator.get_next(datetime.datetime)
+            try:
+                candidate = iterator.get_next(datetime.datetime)
+            except ValueError as e:  # croniter's "no such date" errors
+                raise ScheduleError(f"crontab {self.expression!r} names no time after {local}: {e}") from None
             instant = self._instant(candidate)
             if instant > t_ms:
                 return instant

@@ -43,7 +43,7 @@ import uuid
 from .. import concurrency
 from ..message import current_millis
 from ..middleware.middleware import Middleware
-from . import periodic
+from .periodic import entries as scheduled_entries
 from .schedule import Every
 from .store import store_for
 
@@ -86,7 +86,7 @@ class Scheduler(Middleware):
         self.stop()
 
     def entries_for(self, broker):
-        return [e for e in periodic.entries() if broker.actors.get(e.actor.actor_name) is e.actor]
+        return [e for e in scheduled_entries() if broker.actors.get(e.actor.actor_name) is e.actor]
 
     def start(self, broker):
         """Start the loop (a greenlet or thread) for the scheduled actors declared on ``broker``."""
@@ -180,14 +180,19 @@ class Scheduler(Middleware):
                     self.store.unclaim_tick(entry.key, latest, last)
                     raise
                 if missed:
-                    logger.warning("Actor %r missed ticks between %d and %d (epoch ms); fired once for %d.",
-                                   entry.key, tick, latest, latest)
+                    logger.warning("Actor %r missed %s; fired once for %d (catch_up=True).",
+                                   entry.key, _span(tick, latest, now), latest)
                 else:
                     logger.debug("Fired %r for tick %d (message %s).", entry.key, latest, message.message_id)
             else:
-                logger.warning("Actor %r missed ticks between %d and %d (epoch ms); skipped (catch_up=False).",
-                               entry.key, tick, latest)
+                logger.warning("Actor %r missed %s; skipped (catch_up=False).", entry.key, _span(tick, latest, now))
         return entry.schedule.next_after(latest)
+
+
+def _span(first, last, now):
+    if first == last:
+        return f"its tick {first} (epoch ms) by {now - last} ms"
+    return f"ticks from {first} to {last} (epoch ms)"
 
 
 def run(broker, *, stop_event=None, **options):
