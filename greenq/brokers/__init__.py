@@ -5,7 +5,7 @@ import pika and the stub needs neither.
 """
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 DEFAULT_SQLITE_PATH = "greenq.sqlite3"
 
@@ -22,8 +22,22 @@ def redact_url(url):
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def _pop_query(url, name):
+    """``url`` without the query parameter ``name``, and that parameter's value (or None)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    values = [value for key, value in pairs if key == name]
+    if not values:
+        return url, None
+    query = urlencode([(key, value) for key, value in pairs if key != name])
+    return urlunsplit(parts._replace(query=query)), values[-1]
+
+
 def broker_from_url(url=None, **options):
     """A broker for ``redis://``, ``rediss://``, ``amqp://``, ``amqps://``, ``sqlite:///path`` or ``stub://``.
+
+    A Redis URL may carry ``?namespace=NAME`` (the key prefix, default ``greenq``),
+    so the operations commands and ``GREENQ_BROKER_URL`` can reach an app's namespace.
 
     With no URL, the embedded SQLite broker on ``greenq.sqlite3`` in the working
     directory: nothing to install to try greenq.
@@ -36,6 +50,9 @@ def broker_from_url(url=None, **options):
     if scheme in ("redis", "rediss", "unix"):
         from .redis import RedisBroker
 
+        url, namespace = _pop_query(url, "namespace")
+        if namespace is not None:
+            options.setdefault("namespace", namespace)
         return RedisBroker(url=url, **options)
     if scheme in ("amqp", "amqps"):
         from .rabbitmq import RabbitmqBroker
