@@ -208,10 +208,17 @@ class Database:
             raise ConnectionError(f"cannot open the SQLite broker file {self.path}: no permission to read and write it")
 
     def _open_schema(self):
+        """Check the file, switch it to WAL and create the schema, retrying while siblings do the same.
+
+        Several processes often open one fresh file at the same moment (a
+        worker command's children): each step may find the file locked by a
+        sibling's WAL switch or schema creation, so every step retries.
+        """
         conn = self.connection().conn
         try:
-            self._validate(conn, allow_fresh=True)
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self._retry_busy(lambda: self._validate(conn, allow_fresh=True))
+            mode = self._retry_busy(lambda: conn.execute("PRAGMA journal_mode").fetchone()[0])
+            if mode.lower() != "wal":
                 self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
             self.write(self._create_schema)
         except sqlite3.DatabaseError as e:
@@ -278,10 +285,17 @@ class Database:
         """A new connection in autocommit mode (transactions are explicit)."""
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+        except sqlite3.DatabaseError as e:
+            raise self._error(e) from None
+
+        def configure():  # may meet the lock of a sibling process switching a fresh file to WAL
             conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms or self.busy_timeout_ms}")
             conn.execute("PRAGMA synchronous = NORMAL")
             if self.background_checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+        try:
+            self._retry_busy(configure)
         except sqlite3.DatabaseError as e:
             raise self._error(e) from None
         return conn
