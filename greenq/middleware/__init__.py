@@ -11,6 +11,7 @@ from .events import Events
 from .metadata import Metadata, MetadataProducerConsumer
 from .middleware import HOOKS, Middleware
 from .pipelines import GroupCallbacks, Pipelines
+from .prometheus import Prometheus  # prometheus_client is imported only when one is created
 from .retries import Retries, compute_backoff
 from .shutdown import ShutdownNotifications
 from .time_limit import TimeLimit
@@ -30,7 +31,7 @@ def default_middleware():
 
 __all__ = [
     "AgeLimit", "Callbacks", "CurrentMessage", "Debounce", "Events", "GroupCallbacks", "Metadata",
-    "MetadataProducerConsumer", "HOOKS", "Interrupt", "Middleware", "Pipelines",
+    "MetadataProducerConsumer", "HOOKS", "Interrupt", "Middleware", "Pipelines", "Prometheus",
     "Retries",
     "Shutdown", "ShutdownNotifications", "SkipMessage", "TimeLimit", "TimeLimitExceeded",
     "compute_backoff", "default_middleware",
