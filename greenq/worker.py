@@ -252,7 +252,7 @@ class _QueueRunner:
                 self.inbox.put(("requeue", messages))
                 continue
             for message in messages:
-                worker._work.put((-broker.priority_of(message), next(worker._seq), message, self))
+                worker._dispatch(message, self)
 
     def _pause(self, seconds):
         """Back off after a failure, waking early if the worker stops."""
@@ -336,6 +336,7 @@ class Worker:
         self._runners_lock = threading.Lock()
         self._follower = None
         self._pool = []
+        self._gates = []  # per-actor admission (max_concurrency): see _dispatch
         self._running = {}  # id(message) -> (message, runner), processed right now
         self._abandoned = set()  # ids of messages requeued by stop() while still running
         self._unpaused = threading.Event()
@@ -348,6 +349,7 @@ class Worker:
 
     def start(self):
         self.broker.emit_before("worker_boot", self)
+        self._gates = [m.gate_for(self) for m in self.broker.middleware if hasattr(m, "gate_for")]
         names = sorted(self.queues or self.broker.get_declared_queues())
         for name in names:
             self.broker.declare_queue(name)
@@ -429,6 +431,10 @@ class Worker:
 
     def _requeue_unstarted(self):
         count = 0
+        for gate in self._gates:  # messages still waiting for their actor's slot
+            for message, runner in gate.drain():
+                runner.post("requeue", message)
+                count += 1
         while True:
             try:
                 _, _, message, runner = self._work.get_nowait()
@@ -436,6 +442,7 @@ class Worker:
                 return count
             if message is _STOP:
                 continue
+            self._release_gates(message)
             runner.post("requeue", message)
             count += 1
 
@@ -459,6 +466,33 @@ class Worker:
             runner.post("requeue", message)
             message.interrupt(Shutdown)
 
+    # --- admission -------------------------------------------------------------------
+
+    def _dispatch(self, message, runner):
+        """Queue a fetched message for the pool, unless a gate keeps it waiting for its actor's slot.
+
+        A gate (a middleware's ``gate_for(worker)``, e.g. ``max_concurrency``)
+        returns True from ``hold(message, runner)`` when it keeps the message;
+        it later passes it to ``queue_work`` or settles it itself, and hands it
+        back from ``drain()`` on stop. ``release(message)`` is called once the
+        message has run (or is given back unstarted). A waiting message holds a
+        capacity slot but no pool greenlet.
+        """
+        for gate in self._gates:
+            if gate.hold(message, runner):
+                return
+        self.queue_work(message, runner)
+
+    def queue_work(self, message, runner):
+        self._work.put((-self.broker.priority_of(message), next(self._seq), message, runner))
+
+    def _release_gates(self, message):
+        for gate in self._gates:
+            try:
+                gate.release(message)
+            except Exception:
+                logger.exception("Releasing message %s from %r failed.", message.message_id, gate)
+
     # --- the pool --------------------------------------------------------------------
 
     def _pool_loop(self):
@@ -467,6 +501,7 @@ class Worker:
             if message is _STOP:
                 return
             if self.stopping.is_set():  # stop() is draining: hand it back, do not start it
+                self._release_gates(message)
                 runner.post("requeue", message)
                 continue
             key = id(message)
@@ -478,6 +513,7 @@ class Worker:
                     raise
                 logger.exception("Unexpected error around message %s.", message.message_id)
             finally:
+                self._release_gates(message)
                 self._running.pop(key, None)
                 if key in self._abandoned:
                     self._abandoned.discard(key)

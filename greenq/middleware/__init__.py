@@ -5,6 +5,7 @@
 
 from .age_limit import AgeLimit
 from .callbacks import Callbacks
+from .concurrency_limit import ConcurrencyLimits
 from .current_message import CurrentMessage
 from .debounce import Debounce
 from .events import Events
@@ -25,12 +26,12 @@ def default_middleware():
     whether a failure is final (``message.retried`` / ``message.failed``) before
     Callbacks, GroupCallbacks and Pipelines look at the outcome.
     """
-    return [AgeLimit(), TimeLimit(), ShutdownNotifications(), Debounce(), Pipelines(), GroupCallbacks(), Callbacks(),
-            Retries()]
+    return [AgeLimit(), TimeLimit(), ShutdownNotifications(), Debounce(), ConcurrencyLimits(), Pipelines(),
+            GroupCallbacks(), Callbacks(), Retries()]
 
 
 __all__ = [
-    "AgeLimit", "Callbacks", "CurrentMessage", "Debounce", "Events", "GroupCallbacks", "Metadata",
+    "AgeLimit", "Callbacks", "ConcurrencyLimits", "CurrentMessage", "Debounce", "Events", "GroupCallbacks", "Metadata",
     "MetadataProducerConsumer", "HOOKS", "Interrupt", "Middleware", "Pipelines", "Prometheus",
     "Retries",
     "Shutdown", "ShutdownNotifications", "SkipMessage", "TimeLimit", "TimeLimitExceeded",

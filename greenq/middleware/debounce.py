@@ -48,7 +48,8 @@ class Debounce(Middleware):
         if actor is None:
             return message
         seconds = actor.options.get("debounce_seconds")
-        if not seconds or message.options.get("debounced") or "retries" in message.options:
+        if not seconds or message.options.get("debounced") or "retries" in message.options \
+                or "concurrency_requeues" in message.options:
             return message
         if "eta" in message.options:
             raise ValueError(f"actor {actor.actor_name!r} has debounce_seconds; it cannot also be sent with a delay")
