@@ -1,13 +1,7 @@
-"""Shared fixtures: real brokers, isolation between tests, and event-based waiting.
-
-Under CI (``CI=true``) a broker that does not answer fails the test run; on a
-developer's machine the tests that need it are skipped with the reason.
-"""
+"""Shared fixtures: real brokers and isolation between tests. Helpers live in support.py."""
 
 import os
-import socket
 import sys
-import threading
 import uuid
 
 import pytest
@@ -16,34 +10,16 @@ import greenq
 import greenq.actor
 import greenq.broker
 
+from support import RABBITMQ_URL, REDIS_URL, Recorder, require_server
+
 actor_module = sys.modules["greenq.actor"]  # the package's ``actor`` attribute is the decorator
 broker_module = sys.modules["greenq.broker"]
-
-IN_CI = os.environ.get("CI") == "true"
-REDIS_URL = os.environ.get("GREENQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-RABBITMQ_URL = os.environ.get("GREENQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 #: The user guide's example app is run by tests/test_user_guide.py in its own pytest process.
 collect_ignore = ["user_guide"]
 
 #: Brokers the contract suite runs against. GREENQ_CONTRACT_BROKERS=redis,sqlite narrows a local run.
-CONTRACT_BROKERS = [name for name in os.environ.get("GREENQ_CONTRACT_BROKERS", "stub,sqlite,rabbitmq").split(",") if name]
-
-
-def port_open(host, port):
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def require_server(name, host, port):
-    if not port_open(host, port):
-        message = f"{name} is not answering on {host}:{port}"
-        if IN_CI:
-            pytest.fail(message + " (CI requires it)")
-        pytest.skip(message)
+CONTRACT_BROKERS = [name for name in os.environ.get("GREENQ_CONTRACT_BROKERS", "stub,sqlite,redis,rabbitmq").split(",") if name]
 
 
 @pytest.fixture(autouse=True)
@@ -122,25 +98,6 @@ def any_broker(request, tmp_path):
 def queue_name():
     """A queue name no other test uses, so tests on shared servers cannot see each other."""
     return f"test-{uuid.uuid4().hex[:12]}"
-
-
-class Recorder:
-    """Collects what actors saw and lets a test wait for a count, without sleeps."""
-
-    def __init__(self):
-        self.calls = []
-        self._cond = threading.Condition()
-
-    def add(self, item):
-        with self._cond:
-            self.calls.append(item)
-            self._cond.notify_all()
-
-    def wait_for(self, count, timeout=20):
-        with self._cond:
-            ok = self._cond.wait_for(lambda: len(self.calls) >= count, timeout)
-        assert ok, f"expected {count} call(s) within {timeout}s, got {len(self.calls)}: {self.calls[:10]}"
-        return list(self.calls)
 
 
 @pytest.fixture

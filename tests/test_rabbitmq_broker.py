@@ -24,7 +24,7 @@ from greenq.brokers import broker_from_url
 from greenq.errors import BrokerConfigError
 from greenq.message import Message, current_millis
 
-from conftest import RABBITMQ_URL, Recorder, require_server
+from support import RABBITMQ_URL, Recorder, require_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -12,7 +12,7 @@ import pytest
 import greenq
 from greenq.message import Message
 
-from conftest import RABBITMQ_URL, Recorder, require_server
+from support import RABBITMQ_URL, Recorder, require_server
 
 
 def rabbitmqctl(*args, timeout=120):

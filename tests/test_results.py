@@ -12,10 +12,14 @@ from greenq.results import ResultFailure, ResultMissing, Results, ResultTimeout,
 from redis_helpers import REDIS_URL, require_server
 
 
-@pytest.fixture(params=["stub", "redis"])
-def backend(request):
+@pytest.fixture(params=["stub", "sqlite", "redis"])
+def backend(request, tmp_path):
     if request.param == "stub":
         backend = StubBackend()
+    elif request.param == "sqlite":
+        from greenq.results.sqlite import SqliteBackend
+
+        backend = SqliteBackend(path=str(tmp_path / "results.sqlite3"))
     else:
         require_server("Redis", "127.0.0.1", 6379)
         from greenq.results.redis import RedisBackend

@@ -1,0 +1,52 @@
+"""What tests share, in a module no conftest.py can shadow: server URLs, checks, and waiting.
+
+Import it as ``from support import ...`` (tests/ is on sys.path under pytest's
+rootdir-based import mode). Under CI (``CI=true``) a broker that does not answer
+fails the test; on a developer's machine the test is skipped with the reason.
+"""
+
+import os
+import socket
+import threading
+
+import pytest
+
+IN_CI = os.environ.get("CI") == "true"
+REDIS_URL = os.environ.get("GREENQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("GREENQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def port_open(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name, host, port):
+    """Skip when the server is absent; fail under CI, which must have it."""
+    if not port_open(host, port):
+        message = f"{name} is not answering on {host}:{port}"
+        if IN_CI:
+            pytest.fail(message + " (CI requires it)")
+        pytest.skip(message)
+
+
+class Recorder:
+    """Collects what actors saw and lets a test wait for a count, without sleeps."""
+
+    def __init__(self):
+        self.calls = []
+        self._cond = threading.Condition()
+
+    def add(self, item):
+        with self._cond:
+            self.calls.append(item)
+            self._cond.notify_all()
+
+    def wait_for(self, count, timeout=20):
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.calls) >= count, timeout)
+        assert ok, f"expected {count} call(s) within {timeout}s, got {len(self.calls)}: {self.calls[:10]}"
+        return list(self.calls)
