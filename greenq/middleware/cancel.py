@@ -103,6 +103,7 @@ class Cancel(Middleware):
         with self._lock:
             if self._running.get(message.message_id) is message:
                 del self._running[message.message_id]
+            interrupted = message.message_id in self._interrupted
             self._interrupted.discard(message.message_id)
         if isinstance(exception, Cancelled):
             # Settled here: ``retried`` tells the worker someone took care of this failure, so it
@@ -110,17 +111,21 @@ class Cancel(Middleware):
             message.retried = True
             logger.info("Message %s (%s) was cancelled while running.", message.message_id, message.actor_name)
             self._record(broker, message, "cancelled while running")
+        elif interrupted:  # the actor caught Cancelled and returned: its result stands, the cancel is noted
+            self._record(broker, message, "cancelled while running", failure=False)
 
     def after_skip_message(self, broker, message):
         with self._lock:
             if self._running.get(message.message_id) is message:
                 del self._running[message.message_id]
 
-    def _record(self, broker, message, outcome):
+    def _record(self, broker, message, outcome, failure=True):
         try:
             self.store_of(broker).set_outcome(message.message_id, outcome, self.ttl)
         except Exception as e:
             logger.error("Could not record that message %s was %s: %s", message.message_id, outcome, e)
+        if not failure:
+            return
         from ..results import Results
 
         results = broker.get_middleware(Results)
