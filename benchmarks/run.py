@@ -117,7 +117,7 @@ class Case:
         self.processes = run.args.processes
         self.dir = os.path.join(run.dir, f"{system}-{broker}{tag}")
         os.makedirs(self.dir)
-        self.queue = f"bench-{run.id}"
+        self.queue = f"bench-{system}-{run.id}"
         self.namespace = f"{system}-bench-{run.id}{tag.replace('@', '-')}"
         self.procs = []
         self.phase = 0

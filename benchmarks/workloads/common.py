@@ -81,6 +81,41 @@ def _probe_loop(pid):
 def start_probe():
     """Called at import by each app module, so an idle worker process is visible at once."""
     _probe()
+    if os.environ.get("BENCH_PROFILE"):
+        _start_sampler(os.environ["BENCH_PROFILE"])
+
+
+def _start_sampler(folder):
+    """A CPU sampling profiler for ``benchmarks.profile``: SIGPROF every 1 ms of CPU, collapsed stacks.
+
+    It samples whatever greenlet is on the CPU, so it sees a gevent process as
+    it is (py-spy cannot attach to every interpreter build).
+    """
+    import collections
+    import signal
+
+    counts = collections.Counter()
+
+    def sample(signum, frame):
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            stack.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})")
+            frame = frame.f_back
+        counts[";".join(reversed(stack))] += 1
+
+    def dump():
+        path = os.path.join(folder, f"profile-{os.getpid()}.txt")
+        while True:
+            time.sleep(0.5)
+            with open(path + ".tmp", "w") as f:
+                for stack, n in counts.items():
+                    f.write(f"{stack} {n}\n")
+            os.replace(path + ".tmp", path)
+
+    signal.signal(signal.SIGPROF, sample)
+    signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
+    threading.Thread(target=dump, name="bench-profile", daemon=True).start()
 
 
 def _gate(phase):
