@@ -172,7 +172,7 @@ def test_first_sight_fires_nothing_and_downtime_fires_once_or_skips(catch_up, ca
     assert ("fired once" if catch_up else "skipped") in caplog.text
 
 
-def test_a_failed_send_gives_the_tick_back(monkeypatch):
+def test_a_failed_send_gives_the_tick_back(monkeypatch, caplog):
     broker = StubBroker()
 
     @greenq.periodic(10, broker=broker, actor_name="job_send_fails")
@@ -188,9 +188,14 @@ def test_a_failed_send_gives_the_tick_back(monkeypatch):
         raise greenq.ConnectionError("broker down")
 
     monkeypatch.setattr(broker, "enqueue", refuse)
-    with pytest.raises(greenq.ConnectionError):
-        scheduler._fire_due(broker, entry)
+    retry_at = scheduler._fire_due(broker, entry)
     assert scheduler.store.last_fired(entry.key) == before
+    assert "Could not send 'job_send_fails'" in caplog.text and "broker down" in caplog.text
+    assert retry_at <= time.time() * 1000 + 1000
+    monkeypatch.undo()
+    scheduler._fire_due(broker, entry)
+    assert scheduler.store.last_fired(entry.key) > before
+    assert broker.queue_counts("default")["ready"] == 1
 
 
 # --- real processes ----------------------------------------------------------------------------

@@ -25,7 +25,8 @@ share the store (``store_for``: the broker's Redis or SQLite, or ``url=``), and:
   a leader handover) is not missed.
 * **Losing the store** stops firing at once, logged as an error; the loop keeps
   retrying and logs when the store answers again. Because the record lives in
-  the store, resuming never fires a tick twice.
+  the store, resuming never fires a tick twice. A broker that refuses the send
+  is logged too, and the tick is tried again a second later.
 
 Each sent message carries ``options["scheduled_at"]``, the tick (epoch ms).
 Cost when idle: one lease call per ``lease_ttl / 3`` per process, plus for the
@@ -176,9 +177,11 @@ class Scheduler(Middleware):
                 message = entry.actor.message_with_options(scheduled_at=latest)
                 try:
                     broker.enqueue(message)
-                except Exception:
+                except Exception as e:
                     self.store.unclaim_tick(entry.key, latest, last)
-                    raise
+                    logger.error("Could not send %r for tick %d (%s: %s); trying again in a second.",
+                                 entry.key, latest, type(e).__name__, e)
+                    return now + 1000
                 if missed:
                     logger.warning("Actor %r missed %s; fired once for %d (catch_up=True).",
                                    entry.key, _span(tick, latest, now), latest)
