@@ -26,7 +26,7 @@ import time
 import greenq
 
 from .. import concurrency
-from . import logs, pidfile, worker_process
+from . import logs, pidfile, prometheus_setup, worker_process
 
 logger = logging.getLogger("greenq.MainProcess")
 
@@ -78,9 +78,10 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, options, output):
+    def __init__(self, options, output, metrics=None):
         self.options = options
         self.output = output
+        self.metrics = metrics  # prometheus_setup.MultiprocDir, or None
         self.slots = [Slot(i) for i in range(options.processes)]
         self.children = {}  # pid -> Child, until reaped
         self.fds = {}  # fd -> (child, "log" | "ctl")
@@ -260,6 +261,8 @@ class Supervisor:
                 continue
             child.status = status
             del self.children[pid]
+            if self.metrics is not None:
+                self.metrics.process_dead(pid)
             self._drain_child(child)
             self._on_exit(child)
 
@@ -480,7 +483,12 @@ def serve(options):
             except pidfile.PidFileHeld as e:
                 logger.critical("%s", e)
                 return 4
-        return Supervisor(options, output).run()
+        metrics = prometheus_setup.prepare()
+        try:
+            return Supervisor(options, output, metrics).run()
+        finally:
+            if metrics is not None:
+                metrics.cleanup()
     finally:
         if held:
             pidfile.release(held)
