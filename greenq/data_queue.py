@@ -103,7 +103,10 @@ class DataQueue:
 
     @property
     def dead(self):
-        """The dead-letter data queue, read like any other; its items are ``{"queue", "item", "attempts", "dead_at"}``."""
+        """The dead-letter data queue, read like any other.
+
+        Its items are ``{"queue": name, "item": the item, "attempts": n, "dead_at": epoch ms}``.
+        """
         return DataQueue(self.dead_name, store=self.store)
 
     def __repr__(self):

@@ -262,7 +262,8 @@ class RedisStore(Store):
             self._run(f"putting data in {queue!r}", "dq_put", [ready, items, tries], args)
 
     def dq_get(self, queue, count, vis_timeout, attempts, dead_queue):
-        keys = self._dq_keys(queue) + (self._dq_keys(dead_queue)[:3] if dead_queue else self._dq_keys(queue + ".dead")[:3])
+        # The dead keys are passed even when unused, so the script names every key it could touch.
+        keys = self._dq_keys(queue) + self._dq_keys(dead_queue or queue + ".dead")[:3]
         flat = self._run(f"getting data from {queue!r}", "dq_get", keys,
                          [current_millis(), count, int(vis_timeout), attempts, 1 if dead_queue else 0, queue])
         return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
