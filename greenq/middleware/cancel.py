@@ -22,6 +22,9 @@ and ``store_results`` on, ``get_result()`` raises ``ResultFailure`` of type
 ``Cancelled``. Like any interrupt, ``Cancelled`` reaches a greenlet at its next
 switch (IO, sleep) and a thread at its next bytecode: a CPU loop that never
 yields under gevent is not interrupted.
+
+Cost: two store round trips per message a worker starts (is it cancelled?
+mark it started), so add it only where you need it.
 """
 
 import logging
