@@ -4,6 +4,11 @@
 ``gevent_main``) patches the standard library first and runs this same
 command with greenlets. Bad arguments exit with code 2 and one line that names
 the argument, not a usage dump.
+
+The first word picks the command: ``queues``, ``dead`` and ``enqueue`` are the
+operations commands (``greenq.cli.ops``); ``run`` or anything else runs
+workers, so ``greenq app -p 2`` works as always, and an app module named like
+an operations command is run with ``greenq run queues``.
 """
 
 import os
@@ -15,6 +20,9 @@ import greenq
 
 from .. import concurrency
 from .options import Options
+
+#: First words that select an operations command (greenq.cli.ops) instead of running workers.
+OPS_COMMANDS = ("queues", "dead", "enqueue")
 
 THREADS_DEFAULT = 8
 GREENLETS_DEFAULT = 250
@@ -36,6 +44,21 @@ Signals to the master process:
 \b
 Exit codes: 0 graceful, 1 killed, 2 bad argument or module that does not
 import, 3 broker unreachable at start-up, 4 pid file held by a running greenq.
+
+\b
+Operations commands (see `greenq COMMAND --help`):
+  greenq queues [--json]                       messages per queue and state
+  greenq dead list QUEUE                       a queue's dead letters
+  greenq dead requeue QUEUE --id ID | --all    put dead letters back
+  greenq dead purge QUEUE                      drop a queue's dead letters
+  greenq enqueue ACTOR --args JSON             send one message by hand
+`greenq run MODULES...` is the same as `greenq MODULES...` (for a module
+named like an operations command).
+
+\b
+Prometheus: with the Prometheus middleware, one worker serves the metrics of
+all of them on greenq_prom_host:greenq_prom_port (default 127.0.0.1:9191);
+greenq_prom_db names the multi-process directory (default: a temporary one).
 """
 
 
@@ -122,12 +145,22 @@ def main(argv=None, prog_name=None):
     prog_name = prog_name or os.path.basename(sys.argv[0]) or "greenq"
     if prog_name in ("-c", "__main__.py", "main.py"):
         prog_name = "greenq-gevent" if concurrency.using_gevent() else "greenq"
+    args = list(sys.argv[1:] if argv is None else argv)
+    target = command
+    if args and args[0] == "run":
+        args = args[1:]
+    elif args and args[0] in OPS_COMMANDS:
+        from .ops import ops as target
     try:
-        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        code = target.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.UsageError as e:
-        hint = f"; see '{prog_name} --help'" if e.ctx is not None else ""
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # `greenq dead` alone: its help
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(2)
+        where = e.ctx.command_path if e.ctx is not None and target is not command else prog_name
+        hint = f"; see '{where} --help'" if e.ctx is not None else ""
         message = " ".join(e.format_message().split()).rstrip(".")
-        click.echo(f"{prog_name}: error: {message}{hint}", err=True)
+        click.echo(f"{where}: error: {message}{hint}", err=True)
         sys.exit(2)
     except click.Abort:
         click.echo(f"{prog_name}: aborted", err=True)
