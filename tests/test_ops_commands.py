@@ -283,3 +283,47 @@ def test_a_requeued_dead_letter_is_processed_by_a_worker(setup, worker_app):
     finally:
         worker.terminate()
         worker.wait(60)
+
+
+def test_requeueing_many_shows_a_progress_bar_on_a_terminal(tmp_path):
+    import pty
+
+    from greenq.brokers.sqlite import SqliteBroker
+    from greenq.cli.ops import REQUEUE_CHUNK
+
+    setup = Setup("sqlite", tmp_path)
+    try:
+        total = REQUEUE_CHUNK * 2 + 7
+        setup.broker.enqueue_many([setup.message("boom", i) for i in range(total)])
+        consumer = setup.broker.consume(setup.queue, prefetch=total, timeout=100)
+        got = []
+        while len(got) < total:
+            got += consumer.fetch(total - len(got), 1.0)
+        for proxy in got:
+            proxy.options["failure"] = "ValueError: boom"
+        consumer.nack(got)
+        consumer.close()
+        assert isinstance(setup.broker, SqliteBroker) and setup.counts()["dead"] == total
+
+        primary, secondary = pty.openpty()
+        env = dict(os.environ, GREENQ_BROKER_URL=setup.url, PYTHONPATH=ROOT, COLUMNS="100")
+        proc = subprocess.Popen(GREENQ + ["dead", "requeue", setup.queue, "--all"], env=env, cwd=OPS_APPS,
+                                stdin=subprocess.DEVNULL, stdout=secondary, stderr=subprocess.PIPE)
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(120) == 0, proc.stderr.read()
+        os.close(primary)
+        shown = b"".join(chunks).decode("utf-8", "replace")
+        assert "Requeueing dead letters of" in shown and "100%" in shown
+        assert f"Requeued {total} dead letter(s)" in shown
+        assert setup.counts()["dead"] == 0 and setup.counts()["ready"] == total
+    finally:
+        setup.close()
