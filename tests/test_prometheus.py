@@ -214,3 +214,21 @@ def test_greenq_imports_without_prometheus_client():
                          cwd=os.path.dirname(os.path.dirname(greenq.__file__)))
     assert out.returncode == 0, out.stderr
     assert "pip install 'greenq[prometheus]'" in out.stdout
+
+
+def test_the_grafana_dashboard_uses_only_exported_metrics_and_covers_them():
+    import json
+
+    path = os.path.join(os.path.dirname(OPS_APPS), "..", "contrib", "grafana", "greenq-dashboard.json")
+    with open(path) as f:
+        dashboard = json.load(f)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|sum|count)$", "", name) for e in exprs for name in re.findall(r"greenq_\w+", e)}
+    exported = {"greenq_messages_total", "greenq_message_errors_total", "greenq_message_retries_total",
+                "greenq_message_rejects_total", "greenq_messages_inprogress", "greenq_delayed_messages_inprogress",
+                "greenq_message_duration_milliseconds"}
+    assert used == exported
+    titles = " ".join(p["title"] for p in dashboard["panels"])
+    for words in ("Throughput", "Errors", "In progress", "p95", "p99"):
+        assert words in titles
+    assert any("histogram_quantile(0.95" in e and "actor_name" in e for e in exprs)
