@@ -368,6 +368,12 @@ class _RedisConsumer(Consumer):
         self.queue_key = f"{self.prefix}.queue"
         self._blocking = None  # its own connection, since BLMOVE holds one for its whole wait
         self._closed = False
+        # A script can run in Redis and its reply be lost with the connection (Redis killed or
+        # restarted mid-call). Then this live, heartbeating consumer holds messages in Redis that
+        # the worker never got, or already finished: nobody else would ever take them back.
+        self._outstanding = set()  # receipts handed to the worker and not settled yet
+        self._unacked = []  # receipts whose ack failed: acked again once Redis answers
+        self._lost_reply = False
         broker._heartbeat.add(self.cid, queue_name)
 
     def _client(self):
@@ -379,8 +385,14 @@ class _RedisConsumer(Consumer):
         deadline = time.monotonic() + timeout
         broker = self.broker
         while True:
-            with broker.translated(f"fetching from queue {self.queue_name!r}"):
-                taken, next_eta = self._fetch_once(count)
+            try:
+                with broker.translated(f"fetching from queue {self.queue_name!r}"):
+                    if self._lost_reply:
+                        self._recover()
+                    taken, next_eta = self._fetch_once(count)
+            except GreenqConnectionError:
+                self._lost_reply = True
+                raise
             if taken:
                 return taken
             wait = deadline - time.monotonic()
@@ -423,18 +435,48 @@ class _RedisConsumer(Consumer):
                 bad += [key, payload, f"DecodeError: {e.reason}"]
                 continue
             messages.append(MessageProxy(message, receipt=key, redelivered=deliveries > 1))
+            self._outstanding.add(key)
         if bad:
             broker.run("nack", self.queue_name, [current_millis(), broker.dead_message_ttl] + bad,
                        extra_keys=[self.held_key])
         return messages, (None if next_eta in (None, False) else float(next_eta))
 
-    def _settle(self, name, args, action):
-        with self.broker.translated(action):
-            return self.broker.run(name, self.queue_name, args, extra_keys=[self.held_key])
+    def _recover(self):
+        """After a lost reply: ack what failed to ack, and give back what the worker never got.
+
+        Costs two or three round trips, once per outage. A message whose nack or
+        requeue failed is given back too, so it may run again: at least once,
+        never zero times.
+        """
+        if self._unacked:
+            unacked, self._unacked = self._unacked, []
+            self.broker.run("ack", self.queue_name, unacked, extra_keys=[self.held_key])
+        held = {_text(key) for key in self._client().smembers(self.held_key)}
+        stray = held - self._outstanding
+        if stray:
+            n = self.broker.run("requeue", self.queue_name, [self.cid, "some", *sorted(stray)],
+                                extra_keys=[self.held_key])
+            if n:
+                logger.warning("Returned %d message(s) on queue %r that this worker held in Redis but never got "
+                               "or could not settle (a reply was lost with the connection).", n, self.queue_name)
+        self._lost_reply = False
+
+    def _settle(self, name, args, action, receipts=()):
+        try:
+            with self.broker.translated(action):
+                return self.broker.run(name, self.queue_name, args, extra_keys=[self.held_key])
+        except GreenqConnectionError:
+            self._lost_reply = True
+            if name == "ack":
+                self._unacked.extend(receipts)
+            raise
+        finally:
+            self._outstanding.difference_update(receipts)
 
     def ack(self, messages):
         if messages:
-            self._settle("ack", [m.receipt for m in messages], f"acking {len(messages)} message(s)")
+            receipts = [m.receipt for m in messages]
+            self._settle("ack", receipts, f"acking {len(messages)} message(s)", receipts)
 
     def nack(self, messages):
         if not messages:
@@ -442,12 +484,12 @@ class _RedisConsumer(Consumer):
         args = [current_millis(), self.broker.dead_message_ttl]
         for m in messages:
             args += [m.receipt, m.to_message().encode(), ""]
-        self._settle("nack", args, f"dead-lettering {len(messages)} message(s)")
+        self._settle("nack", args, f"dead-lettering {len(messages)} message(s)", [m.receipt for m in messages])
 
     def requeue(self, messages):
         if messages:
-            self._settle("requeue", [self.cid, "some"] + [m.receipt for m in messages],
-                         f"requeueing {len(messages)} message(s)")
+            receipts = [m.receipt for m in messages]
+            self._settle("requeue", [self.cid, "some"] + receipts, f"requeueing {len(messages)} message(s)", receipts)
 
     def close(self):
         """Give back everything still held, at once, and stop beating."""
