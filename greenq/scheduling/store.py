@@ -280,11 +280,11 @@ def store_for(broker=None, url=None, store=None, *, purpose="this feature"):
         if scheme in ("redis", "rediss", "unix"):
             from .redis_store import RedisStore
 
-            return RedisStore(url=url)
+            return _by_url(url, lambda: RedisStore(url=url))
         if scheme == "sqlite":
             from .sqlite_store import SqliteStore
 
-            return SqliteStore(url=url)
+            return _by_url(url, lambda: SqliteStore(url=url))
         from ..brokers import redact_url
 
         raise StoreError(f"unsupported store URL {redact_url(url)!r} for {purpose}: use redis://... or sqlite:///path")
@@ -307,6 +307,18 @@ def store_for(broker=None, url=None, store=None, *, purpose="this feature"):
         f"{purpose} needs a Redis or SQLite store and cannot keep its state in a {kind}: "
         "pass url='redis://host:6379/0' or url='sqlite:///path/to/file' (or store=...)"
     )
+
+
+_url_stores = {}
+
+
+def _by_url(url, factory):
+    """One store per URL in a process, so many DataQueue objects share one connection pool."""
+    with _memory_lock:
+        found = _url_stores.get(url)
+        if found is None:
+            found = _url_stores[url] = factory()
+        return found
 
 
 def _shared(broker, factory):
