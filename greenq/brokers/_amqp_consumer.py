@@ -112,6 +112,8 @@ class RabbitmqConsumer(Consumer):
         live = [tag for generation, tag in receipts
                 if generation == link.generation and self._channel is not None and self._channel.is_open]
         stale = len(receipts) - len(live)
+        if not requeue and len(live) > 1:
+            live = self._ack_prefix(link, live)
         for tag in live:
             if requeue:
                 self._channel.basic_nack(tag, requeue=True)
@@ -122,6 +124,27 @@ class RabbitmqConsumer(Consumer):
             # back before it answers, so counts read afterwards include them.
             self._channel.queue_declare(self.queue_name, passive=True)
         return stale
+
+    def _ack_prefix(self, link, tags):
+        """Ack, in one ``multiple`` frame, the tags below every delivery still outstanding; return the rest.
+
+        Each ``basic_ack`` costs a frame and a flush of pika's I/O loop; a batch of
+        finished messages usually starts with the channel's oldest unsettled
+        deliveries, so one cumulative ack covers most of it. Tags of deliveries
+        not in the batch (held by running actors, or still buffered) bound it.
+        """
+        batch = set(tags)
+        with self._cond:
+            others = [tag for generation, tag in self._held
+                      if generation == link.generation and tag not in batch]
+            others += [entry[1] for entry in self._buffer if entry[0] == link.generation]
+        bound = min(others, default=None)
+        covered = sorted(tag for tag in tags if bound is None or tag < bound)
+        if len(covered) > 1:
+            self._channel.basic_ack(covered[-1], multiple=True)
+            covered = set(covered)
+            return [tag for tag in tags if tag not in covered]
+        return tags
 
     # --- the Consumer contract ---------------------------------------------------------------
 
