@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 
-from .errors import ActorNotFound, QueueNotFound
+from .errors import ActorNotFound, Interrupt, QueueNotFound, SkipMessage
 from .message import Message, MessageProxy, current_millis
 from .middleware.middleware import implemented_hooks
 
@@ -149,8 +149,6 @@ class Broker:
 
         ``SkipMessage`` and interrupts are control flow, not failures, and pass through.
         """
-        from .errors import Interrupt, SkipMessage
-
         callbacks = self._hooks.get(hook)
         if not callbacks:
             return

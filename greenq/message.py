@@ -240,6 +240,15 @@ class MessageProxy:
     def __getattr__(self, name):
         return getattr(self.message, name)
 
+    # The fields every hook and the worker read, as plain properties: ``__getattr__``
+    # runs only after a failed normal lookup, which costs an AttributeError each time.
+    queue_name = property(lambda self: self.message.queue_name)
+    actor_name = property(lambda self: self.message.actor_name)
+    args = property(lambda self: self.message.args)
+    kwargs = property(lambda self: self.message.kwargs)
+    message_id = property(lambda self: self.message.message_id)
+    message_timestamp = property(lambda self: self.message.message_timestamp)
+
     def __repr__(self):
         return f"MessageProxy({self.to_message()!r})"
 
