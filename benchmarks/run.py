@@ -324,7 +324,7 @@ def measure_case(run, system, broker, args):
             row.update(latency_p50_ms=lat["p50"], latency_p99_ms=lat["p99"])
         for name, job, keep_alive in (("noop", "noop", False), ("scrape", "scrape", False),
                                       ("scrape_ka", "scrape", True)):
-            result = case.throughput(job, args.n, keep_alive)
+            result = case.throughput(job, args.noop_n if name == "noop" else args.n, keep_alive)
             row[f"{name}_rate"] = result["rate"]
             row[f"{name}_cpu_ms"] = result["cpu_ms"]
             if name == "scrape":
@@ -359,6 +359,7 @@ def measure_case(run, system, broker, args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="jobs per throughput workload [2000]")
+    parser.add_argument("--noop-n", type=int, default=None, help="jobs for the noop workload [5 x n]")
     parser.add_argument("--systems", default="bare,greenq,dramatiq,celery",
                         help="comma-separated: bare, greenq, dramatiq, celery [all]")
     parser.add_argument("--brokers", default="redis,rabbitmq,sqlite", help="comma-separated [redis,rabbitmq,sqlite]")
@@ -379,6 +380,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if args.noop_n is None:
+        args.noop_n = 5 * args.n
     if args.enqueue_n is None:
         args.enqueue_n = args.n
     return args
