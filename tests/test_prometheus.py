@@ -75,12 +75,12 @@ def free_port():
     raise RuntimeError("no free port in 16000-16999")
 
 
-@pytest.fixture
-def prom_app(run_greenq, redis_ns, tmp_path):
+@pytest.fixture(params=["gevent"])
+def prom_app(request, run_greenq, redis_ns, tmp_path):
     ns, client = redis_ns
     port = free_port()
     env = {"TEST_NS": ns, "greenq_prom_port": str(port), "greenq_prom_db": str(tmp_path / "prom")}
-    proc = run_greenq("promapp", "-p", "2", "-t", "2", mode="gevent", cwd=OPS_APPS, env=env)
+    proc = run_greenq("promapp", "-p", "2", "-t", "2", mode=request.param, cwd=OPS_APPS, env=env)
     proc.ready(2)
     proc.wait_for(r"Serving Prometheus metrics on http://127\.0\.0\.1:%d/metrics" % port)
     broker = app_broker(ns)
@@ -88,7 +88,8 @@ def prom_app(run_greenq, redis_ns, tmp_path):
     broker.close()
 
 
-def test_metrics_of_a_two_process_gevent_run_match_the_work_done(prom_app):
+@pytest.mark.parametrize("prom_app", ["gevent", "threads"], indirect=True)
+def test_metrics_of_a_two_process_run_match_the_work_done(prom_app):
     proc, broker, client, ns, port, prom_dir = prom_app
     assert listening_addresses(port) == ["127.0.0.1"]  # loopback unless told otherwise
 
