@@ -186,7 +186,8 @@ def test_shutdown_timeout_requeues_work_that_did_not_finish(stub_broker):
     @greenq.actor(broker=stub_broker)
     def stubborn():
         started.set()
-        threading.Event().wait(3)
+        for _ in range(300):  # short sleeps: the Shutdown sent past the timeout lands between them
+            time.sleep(0.01)
 
     message = stubborn.send()
     worker = greenq.Worker(stub_broker, worker_timeout=100)
