@@ -86,10 +86,16 @@ def _socket_inodes(pid):
 
 def broker_connections(pids, port):
     """TCP connections from ``pids`` to ``port`` on this machine (established or opening)."""
-    inodes = set()
-    for pid in pids:
-        inodes |= _socket_inodes(pid)
-    count = 0
+    def inodes_now():
+        found = set()
+        for pid in pids:
+            found |= _socket_inodes(pid)
+        return found
+
+    # Sockets come and go while the table is read (250 greenlets open HTTP
+    # connections): count only the ones that belong to the tree before and after.
+    before = inodes_now()
+    rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -97,11 +103,12 @@ def broker_connections(pids, port):
                 for line in f:
                     parts = line.split()
                     remote_port = int(parts[2].rsplit(":", 1)[1], 16)
-                    if remote_port == port and parts[9] in inodes and parts[3] in ("01", "02"):
-                        count += 1
+                    if remote_port == port and parts[9] in before and parts[3] == "01":
+                        rows.append(parts[9])
         except OSError:
             continue
-    return count
+    after = inodes_now()
+    return len({inode for inode in rows if inode in after})
 
 
 def stop_group(proc, timeout=20):

@@ -115,10 +115,10 @@ class Case:
         self.broker = broker
         self.threads = threads
         self.processes = run.args.processes
-        self.dir = os.path.join(run.dir, f"{system}-{broker}{tag}")
+        self.dir = os.path.join(run.dir, f"{system}-{broker}{tag}-{uuid.uuid4().hex[:6]}")
         os.makedirs(self.dir)
         self.queue = f"bench-{system}-{run.id}"
-        self.namespace = f"{system}-bench-{run.id}{tag.replace('@', '-')}"
+        self.namespace = f"{system}-bench-{os.path.basename(self.dir)}"
         self.procs = []
         self.phase = 0
         self.url = self._broker_url()
