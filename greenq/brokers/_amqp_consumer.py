@@ -114,11 +114,14 @@ class RabbitmqConsumer(Consumer):
         stale = len(receipts) - len(live)
         if not requeue and len(live) > 1:
             live = self._ack_prefix(link, live)
-        for tag in live:
+        for i, tag in enumerate(live):
+            # Frames go out on the asynchronous side; the last call, on the blocking
+            # side, flushes them all (pika's blocking ack flushes its I/O loop every time).
+            channel = self._channel if i == len(live) - 1 else self._channel._impl
             if requeue:
-                self._channel.basic_nack(tag, requeue=True)
+                channel.basic_nack(tag, requeue=True)
             else:
-                self._channel.basic_ack(tag)
+                channel.basic_ack(tag)
         if requeue and live:
             # A round trip through the same channel: RabbitMQ has put the messages
             # back before it answers, so counts read afterwards include them.
