@@ -151,7 +151,7 @@ def test_dead_list_requeue_purge(setup):
     assert setup.counts()["dead"] == 0
 
 
-def test_requeue_all_shows_counts_when_not_a_terminal(setup, monkeypatch):
+def test_requeue_all_shows_counts_when_not_a_terminal(setup):
     ids = setup.make_dead(5)
     out = greenq("dead", "requeue", setup.queue, "--all", env=setup.env)
     assert out.returncode == 0, out.stderr
