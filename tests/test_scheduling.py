@@ -294,7 +294,7 @@ def test_three_processes_fire_each_tick_once_and_survive_kill_9_of_the_leader(ta
 
 @pytest.fixture
 def own_redis(tmp_path):
-    """A Redis of our own on a free port in 16700-16799 (append-only file, so a restart keeps the data)."""
+    """A Redis of our own on a free port in 16900-16949 (append-only file, so a restart keeps the data)."""
     import shutil
 
     if shutil.which("redis-server") is None:
@@ -303,7 +303,7 @@ def own_redis(tmp_path):
         pytest.skip("redis-server is not installed")
     import random
 
-    port = random.choice([p for p in range(16700, 16800) if not _open(p)])
+    port = random.choice([p for p in range(16900, 16950) if not _open(p)])
     folder = tmp_path / "redis-data"
     folder.mkdir()
 
