@@ -149,7 +149,7 @@ class Message:
         """Parse one payload, or raise ``DecodeError`` naming what is wrong with it."""
         try:
             fields = _encoder.decode(data)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
             raise DecodeError(f"payload is not valid {type(_encoder).__name__} data: {e}", data) from None
         return cls.from_dict(fields, data)
 
