@@ -13,10 +13,12 @@ from greenq.middleware import CurrentMessage, Middleware
 
 def test_higher_priority_runs_first_when_work_competes(stub_broker):
     order = []
+    started = threading.Event()
     gate = threading.Event()
 
     @greenq.actor(broker=stub_broker, queue_name="shared")
     def blocker():
+        started.set()
         gate.wait(10)
 
     @greenq.actor(broker=stub_broker, queue_name="shared", priority=0)
@@ -31,16 +33,24 @@ def test_higher_priority_runs_first_when_work_competes(stub_broker):
     worker = greenq.Worker(stub_broker, worker_threads=1, prefetch_buffer=10, worker_timeout=100)
     worker.start()
     try:
+        assert started.wait(10)
         for i in range(3):
             low.send(i)
         for i in range(3):
             high.send(i)
+        # The one pool thread is busy: wait until the worker holds all six, so only its
+        # work queue decides the order (a deadline loop on broker state, which has no event).
+        deadline = time.monotonic() + 10
+        while stub_broker.queue_counts("shared")["in_flight"] < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stub_broker.queue_counts("shared")["in_flight"] == 7
         gate.set()
         stub_broker.join("shared")
         worker.join()
     finally:
+        gate.set()
         worker.stop()
-    assert [kind for kind, _ in order] == ["high"] * 3 + ["low"] * 3
+    assert order == [("high", 0), ("high", 1), ("high", 2), ("low", 0), ("low", 1), ("low", 2)]
 
 
 def test_delayed_message_runs_after_its_delay(stub_broker, stub_worker):
