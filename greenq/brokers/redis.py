@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 from ..broker import DEAD_MESSAGE_TTL, Broker, Consumer
 from ..errors import BrokerError, DecodeError
+from ..redis_client import client_from_url
 from ..errors import ConnectionError as GreenqConnectionError
 from ..message import Message, MessageProxy, current_millis
 from . import _redis_scripts, redact_url
@@ -82,9 +83,7 @@ class RedisBroker(Broker):
         self.dead_message_ttl = int(dead_message_ttl)
         self.max_deliveries = int(max_deliveries)
         if client is None:
-            pool = redis.BlockingConnectionPool.from_url(
-                self.url, max_connections=max_connections, timeout=30, **client_options)
-            client = redis.Redis(connection_pool=pool)
+            client = client_from_url(self.url, max_connections=max_connections, **client_options)
             self._owns_client = True
         else:
             self._owns_client = False

@@ -7,6 +7,7 @@ touches a single key, so Redis Cluster serves it as is.
 """
 
 from .backend import RateLimiterBackend
+from ..redis_client import client_from_url
 
 _ADD = """
 local t = redis.call('TIME')
@@ -57,8 +58,7 @@ class RedisBackend(RateLimiterBackend):
         import redis  # only when a Redis back end is built
 
         if client is None:
-            pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
-            client = redis.Redis(connection_pool=pool)
+            client = client_from_url(url, max_connections=max_connections)
             self._owns_client = True
         else:
             self._owns_client = False

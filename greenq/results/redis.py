@@ -8,6 +8,7 @@ Each key stands alone, so Redis Cluster serves it as is.
 """
 
 from .backend import ResultBackend
+from ..redis_client import client_from_url
 
 # Replace the result atomically, in one round trip (also on Redis Cluster, where MULTI is awkward).
 _PUT = """
@@ -30,8 +31,7 @@ class RedisBackend(ResultBackend):
         import redis  # only when a Redis back end is built: importing greenq.results must not need redis
 
         if client is None:
-            pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
-            client = redis.Redis(connection_pool=pool)
+            client = client_from_url(url, max_connections=max_connections)
             self._owns_client = True
         else:
             self._owns_client = False

@@ -1,0 +1,15 @@
+"""How greenq builds a Redis client from a URL: the broker and every Redis back end use this.
+
+A ``BlockingConnectionPool`` makes a greenlet wait for a free connection
+instead of failing when ``max_connections`` are in use, so hundreds of greenlets
+share a bounded, flat number of connections. redis-py is imported here, when a
+client is built, so importing greenq never needs it.
+"""
+
+
+def client_from_url(url, *, max_connections=64, **options):
+    """A ``redis.Redis`` on a blocking pool of at most ``max_connections`` connections to ``url``."""
+    import redis
+
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **options)
+    return redis.Redis(connection_pool=pool)
