@@ -231,8 +231,11 @@ class RabbitmqConsumer(Consumer):
         self._settle([m.receipt for m in messages])
 
     def nack(self, messages):
-        """Store each failed message (with its failure) in ``<queue>.XQ``, confirmed, then ack the original."""
-        self.broker._publish_dead([m.to_message() for m in messages])
+        """Store each failed message (with its failure) in ``<queue>.XQ``, confirmed, then ack the original.
+
+        ``<queue>`` is the queue it was consumed from, whatever its payload's ``queue_name`` says.
+        """
+        self.broker._publish_dead([m.to_message() for m in messages], self.queue_name)
         self._settle([m.receipt for m in messages])
 
     def requeue(self, messages):

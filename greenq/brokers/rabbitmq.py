@@ -193,8 +193,10 @@ class RabbitmqBroker(Broker):
             items.append((exchange, routing_key, message.encode(), self._properties(message.message_id, priority)))
         self._publish(items)
 
-    def _publish_dead(self, messages):
-        self._publish([("", topology.xq_name(m.queue_name), m.encode(), self._properties(m.message_id, 0))
+    def _publish_dead(self, messages, queue_name=None):
+        """Dead-letter to ``queue_name``'s ``.XQ`` (default: each message's own queue)."""
+        self._publish([("", topology.xq_name(queue_name or m.queue_name), m.encode(),
+                        self._properties(m.message_id, 0))
                        for m in messages])
 
     def _in_flight_add(self, queue_name, n):
