@@ -15,6 +15,7 @@ import sys
 
 from .. import broker as broker_module
 from ..broker import Broker
+from ..errors import ConnectionError as BrokerConnectionError
 
 
 class AppImportError(Exception):
@@ -57,6 +58,8 @@ def load(specs, paths=()):
             raise AppImportError(f"cannot import module {module_name!r}: {type(e).__name__}: {e}") from None
         except SystemExit as e:
             raise AppImportError(f"cannot import module {module_name!r}: it called sys.exit({e.code!r})") from None
+        except BrokerConnectionError:
+            raise  # the module is fine, the broker it talks to at import is not: exit code 3, not 2
         except BaseException as e:  # any error in the user's module code is reported, not raised
             if isinstance(e, KeyboardInterrupt):
                 raise

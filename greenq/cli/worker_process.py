@@ -94,6 +94,9 @@ def _run(index, options, log_fd, control, close_fds, master_pid):
     except imports.AppImportError as e:
         control.send("fatal", EXIT_USAGE, e)
         return EXIT_USAGE
+    except BrokerConnectionError as e:  # the app's module reached for the broker as it was imported
+        control.send("fatal", EXIT_BROKER, f"cannot reach the broker: {e}")
+        return EXIT_BROKER
     if options.quiet_messages:
         for actor in broker.actors.values():
             actor.logger.setLevel(logging.WARNING)

@@ -36,7 +36,8 @@ if KIND == "redis":
 elif KIND == "rabbitmq":
     from greenq.brokers.rabbitmq import RabbitmqBroker
 
-    broker = RabbitmqBroker(url=URL, middleware=middleware)
+    broker = RabbitmqBroker(url=URL, middleware=middleware,
+                            publish_timeout=float(os.environ.get("REL_PUBLISH_TIMEOUT", "30")))
 elif KIND == "sqlite":
     from greenq.brokers.sqlite import SqliteBroker
 
