@@ -162,10 +162,15 @@ class _Capacity:
         self.cond = threading.Condition()
         self.closed = False
 
-    def reserve(self, most):
-        """Block until there is room; promise up to ``most`` slots to a fetch; 0 once closed."""
+    def reserve(self, most, least=1):
+        """Block until ``least`` slots are free (or ``most``, if fewer); promise up to ``most`` to a fetch; 0 once closed.
+
+        ``least`` above 1 batches fetches while the pool is busy: the buffer
+        still feeds the pool while the freed slots add up to one round trip's worth.
+        """
+        least = max(1, min(least, most))
         with self.cond:
-            while self.held + self.reserved >= self.size and not self.closed:
+            while self.size - self.held - self.reserved < least and not self.closed:
                 self.cond.wait()
             if self.closed:
                 return 0
@@ -230,7 +235,7 @@ class _QueueRunner:
             worker._unpaused.wait()
             if not self.running:
                 break
-            n = worker._capacity.reserve(worker._share)
+            n = worker._capacity.reserve(worker._share, worker._fetch_batch)
             if n == 0:
                 break
             try:
@@ -328,6 +333,7 @@ class Worker:
         self.worker_threads = worker_threads
         self.worker_timeout = worker_timeout
         buffer = prefetch_buffer if prefetch_buffer is not None else max(1, worker_threads // 8)
+        self._fetch_batch = max(1, buffer // 2)  # fetch once half the buffer is free, not per finished job
         self._capacity = _Capacity(worker_threads + buffer)
         self._share = self._capacity.size
         self._work = queue_module.PriorityQueue()
