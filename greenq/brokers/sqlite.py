@@ -646,9 +646,15 @@ class SqliteBroker(Broker):
     def dead_letters_of(self, queue_name):
         self._known_queue(queue_name)
         rows = self.db.read(lambda conn: conn.execute(
-            "SELECT payload FROM greenq_dead WHERE queue = ? AND dead_at >= ? ORDER BY id",
+            "SELECT id, payload FROM greenq_dead WHERE queue = ? AND dead_at >= ? ORDER BY id",
             (queue_name, current_millis() - self.dead_message_ttl)).fetchall())
-        return [Message.decode(row[0]) for row in rows]
+        letters = []
+        for row_id, payload in rows:
+            try:
+                letters.append(Message.decode(payload))
+            except DecodeError as e:  # e.g. nested deeper than this thread's stack can decode
+                letters.append(_placeholder(queue_name, row_id, e, payload))
+        return letters
 
     def requeue_dead(self, queue_name, message_ids=None):
         self._known_queue(queue_name)
