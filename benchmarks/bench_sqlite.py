@@ -19,7 +19,6 @@ load of the machine; compare runs on the same box.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -304,7 +304,6 @@ _broker_lock = threading.RLock()
 
 def get_broker() -> Broker:
     """The broker set with ``set_broker``; else one from ``GREENQ_BROKER_URL``; else embedded SQLite."""
-    global _broker
     if _broker is None:
         with _broker_lock:
             if _broker is None:
