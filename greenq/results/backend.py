@@ -89,9 +89,14 @@ class ResultBackend:
     def _load(self, message_id):
         raise NotImplementedError
 
+    #: How ``_wait`` polls a back end that cannot block on a result: the first pause and the longest (s).
+    first_poll = 0.01
+    poll_interval = 0.5
+
     def _wait(self, message_id, timeout):
+        """Look for the result with a doubling pause until it arrives or ``timeout`` seconds pass."""
         deadline = time.monotonic() + timeout
-        pause = 0.01
+        pause = self.first_poll
         while True:
             data = self._load(message_id)
             if data is not None:
@@ -99,8 +104,11 @@ class ResultBackend:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.5)
+            self._pause(min(pause, left))
+            pause = min(pause * 2, self.poll_interval)
+
+    def _pause(self, seconds):
+        time.sleep(seconds)  # cooperative under gevent
 
     def close(self):
         """Release connections."""

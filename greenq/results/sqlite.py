@@ -64,19 +64,11 @@ class SqliteBackend(ResultBackend):
             (message_id, current_millis())).fetchone())
         return None if row is None else row[0]
 
-    def _wait(self, message_id, timeout):
-        deadline = time.monotonic() + timeout
-        pause = 0.001
-        while True:
-            data = self._load(message_id)
-            if data is not None:
-                return data
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            with self._cond:  # a store in this process wakes us at once
-                self._cond.wait(min(pause, left))
-            pause = min(pause * 2, self.poll_interval)
+    first_poll = 0.001
+
+    def _pause(self, seconds):
+        with self._cond:  # a store in this process wakes the wait at once
+            self._cond.wait(seconds)
 
     def flush(self):
         """Drop every stored result."""
