@@ -15,6 +15,7 @@ changes while a message is processed lives on ``MessageProxy``.
 """
 
 import json
+import reprlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -129,18 +130,18 @@ class Message:
     def encode(self) -> bytes:
         try:
             return _encoder.encode(self.asdict())
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nesting past the limit
             raise EncodeError(f"actor {self.actor_name!r}: {self._unencodable_part()} cannot be encoded: {e}") from None
 
     def _unencodable_part(self) -> str:
         """Name the argument (or option) that broke encoding, for the error message."""
-        parts = [(f"argument {i} ({arg!r:.60})", arg) for i, arg in enumerate(self.args)]
+        parts = [(f"argument {i} ({reprlib.repr(arg)})", arg) for i, arg in enumerate(self.args)]
         parts += [(f"keyword argument {k!r}", v) for k, v in self.kwargs.items()]
         parts += [(f"option {k!r}", v) for k, v in self.options.items()]
         for label, value in parts:
             try:
                 _encoder.encode({"value": _thaw(value)})
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 return label
         return f"message {self.message_id}"
 

@@ -29,7 +29,7 @@ import time
 import traceback
 
 from . import concurrency
-from .errors import ActorNotFound, Interrupt, Retry, SkipMessage
+from .errors import ActorNotFound, EncodeError, Interrupt, Retry, SkipMessage
 from .message import current_millis
 from .middleware.middleware import Middleware
 
@@ -531,6 +531,28 @@ class Worker:
         if message.failed:
             message.options["failure"] = message.failure or "failed"
             message.options["failed_at"] = current_millis()
+            _make_storable(message)
             runner.post("nack", message)
         else:
             runner.post("ack", message)
+
+
+def _make_storable(message):
+    """Make sure a failed message can be written to the dead letters, or its nack would fail for ever.
+
+    A payload nested close to the recursion limit decodes in the shallow fetch
+    path but may not encode again deeper in the stack. Such a message is
+    dead-lettered without its arguments and options; its id, actor and failure
+    stay, and the failure says what was dropped. Costs one encode per failure.
+    """
+    try:
+        message.to_message().encode()
+        return
+    except EncodeError as e:
+        reason = str(e)
+    logger.error("Message %s cannot be stored as it came (%s); dead-lettering it without its arguments.",
+                 message.message_id, reason)
+    kept = {key: message.options[key] for key in ("failed_at", "traceback") if key in message.options}
+    kept["failure"] = f"{message.options['failure']} (arguments and options dropped: {reason[:500]})"
+    message.message = message.message.copy(args=(), kwargs={}, options={})
+    message.options = kept

@@ -96,3 +96,14 @@ def test_a_custom_encoder_is_used_and_pickle_is_never_needed():
         greenq.set_encoder(JSONEncoder())
     with pytest.raises(TypeError, match="Encoder instance"):
         greenq.set_encoder(json)
+
+
+def test_nesting_past_the_recursion_limit_is_an_encode_error_not_a_crash():
+    deep = []
+    inner = deep
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]
+    message = Message(queue_name="q", actor_name="a", args=(deep,), kwargs={}, options={})
+    with pytest.raises(EncodeError, match=r"argument 0 \(\[\[\["):
+        message.encode()

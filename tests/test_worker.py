@@ -325,3 +325,33 @@ def test_local_broker_runs_actors_at_send_time():
     assert seen == [3]
     with pytest.raises(ValueError, match="raised to the sender"):
         boom.send()
+
+
+def test_a_failed_message_that_cannot_be_encoded_again_is_still_dead_lettered(stub_broker, stub_worker):
+    """A payload nested near the recursion limit decodes when fetched but may not encode when
+    dead-lettered deeper in the stack; it must not stay in flight. An encoder that fails the
+    same way on that payload makes the case deterministic."""
+    from greenq.message import JSONEncoder, set_encoder
+
+    class DeepOnReencode(JSONEncoder):
+        def encode(self, data):
+            if data.get("args") == ["too deep"]:
+                raise RecursionError("maximum recursion depth exceeded while encoding a JSON object")
+            return super().encode(data)
+
+    @greenq.actor(broker=stub_broker)
+    def boom(value):
+        raise ValueError("rejected")
+
+    raw = boom.message("too deep").encode()  # written before the encoder starts failing
+    set_encoder(DeepOnReencode())
+    try:
+        stub_broker.enqueue_raw("default", raw)
+        stub_broker.join("default")
+        stub_worker.join()
+    finally:
+        set_encoder(JSONEncoder())
+    (dead,) = stub_broker.dead_letters
+    assert dead.args == () and dead.actor_name == "boom"
+    assert dead.options["failure"].startswith("ValueError: rejected (arguments and options dropped:")
+    assert stub_broker.queue_counts("default")["in_flight"] == 0

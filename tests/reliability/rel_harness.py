@@ -54,14 +54,18 @@ def require(kind):
 
 
 def wait_until(predicate, timeout=60, what="condition", interval=0.05):
-    """Poll a cheap predicate until it holds, with a deadline; return its value."""
+    """Poll a cheap predicate until it holds, with a deadline; return its value.
+
+    ``what`` names the condition in the failure; a callable is asked at that
+    moment, so the message can say how far things got.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
+            raise AssertionError(f"{what() if callable(what) else what} did not hold within {timeout}s")
         time.sleep(interval)
 
 

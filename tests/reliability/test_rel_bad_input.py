@@ -119,7 +119,8 @@ def push_hostile(kind, tmp_path, batches):
 
         push()
         total = len(pushed)
-        wait_until(lambda: target.counts()["dead"] >= total, 180, f"{total} hostile payloads dead-lettered")
+        wait_until(lambda: target.counts()["dead"] >= total, 180,
+                   lambda: f"{total} hostile payloads dead-lettered (now {target.counts()})")
         ok.send_many([(i,) for i in range(20)])
         wait_until(lambda: len(survived) >= 20, 30, "good messages processed after the hostile ones")
         worker.join(30000)
