@@ -53,7 +53,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import concurrency
 from ..broker import DEAD_MESSAGE_TTL, Broker, Consumer
-from ..errors import BrokerConfigError, ConnectionError, DecodeError, QueueNotFound
+from ..errors import BrokerConfigError, ConnectionError, DecodeError, EncodeError, QueueNotFound
 from ..message import Message, MessageProxy, current_millis
 
 logger = logging.getLogger("greenq.brokers.sqlite")
@@ -731,7 +731,7 @@ def _with_failure(payload, queue_name, row_id, failure, now):
         message = Message.decode(payload)
         options = {**message.options, "failure": failure, "failed_at": now}
         return message.copy(options=options).encode()
-    except DecodeError as e:
+    except (DecodeError, EncodeError) as e:  # EncodeError: nesting that decodes but cannot encode again
         return _placeholder(queue_name, row_id, e, payload, failure).encode()
 
 
@@ -739,9 +739,9 @@ def _placeholder(queue_name, row_id, error, payload, failure=None):
     """A dead letter standing for bytes that are not a message, so it can be listed and inspected."""
     return Message(
         queue_name=queue_name, actor_name="<undecodable>", args=(), kwargs={},
-        options={"failure": failure or f"DecodeError: {error.reason}", "failed_at": current_millis(),
-                 "raw": repr(bytes(payload))[:1000]},
-        message_id=error.message_id or f"undecodable-{row_id}",
+        options={"failure": failure or f"{type(error).__name__}: {getattr(error, 'reason', error)}",
+                 "failed_at": current_millis(), "raw": repr(bytes(payload))[:1000]},
+        message_id=getattr(error, "message_id", None) or f"undecodable-{row_id}",
     )
 
 
