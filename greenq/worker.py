@@ -27,6 +27,7 @@ import queue as queue_module
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 
 from . import concurrency
 from .errors import ActorNotFound, EncodeError, Interrupt, Retry, SkipMessage
@@ -537,19 +538,46 @@ class Worker:
             runner.post("ack", message)
 
 
+#: Failed messages nested deeper than this are dead-lettered without their arguments (see below).
+MAX_STORED_DEPTH = 200
+
+
+def _nesting_depth(value):
+    """How deeply lists and dicts nest in ``value``, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, tuple)):
+            children = item
+        elif isinstance(item, Mapping):
+            children = item.values()
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def _make_storable(message):
     """Make sure a failed message can be written to the dead letters, or its nack would fail for ever.
 
     A payload nested close to the recursion limit decodes in the shallow fetch
-    path but may not encode again deeper in the stack. Such a message is
-    dead-lettered without its arguments and options; its id, actor and failure
-    stay, and the failure says what was dropped. Costs one encode per failure.
+    path but may not encode again in the nack, deeper in another thread's
+    stack; whether it does depends on that depth, so a trial encode here cannot
+    tell. Messages nested deeper than ``MAX_STORED_DEPTH`` levels, or that do
+    not encode, are dead-lettered without their arguments and options; their
+    id, actor and failure stay, and the failure says what was dropped. Costs a
+    walk over the message and one encode per failure.
     """
-    try:
-        message.to_message().encode()
-        return
-    except EncodeError as e:
-        reason = str(e)
+    depth = _nesting_depth((message.args, dict(message.kwargs), message.options))
+    if depth > MAX_STORED_DEPTH:
+        reason = f"nested {depth} levels deep, more than the {MAX_STORED_DEPTH} kept in dead letters"
+    else:
+        try:
+            message.to_message().encode()
+            return
+        except EncodeError as e:
+            reason = str(e)
     logger.error("Message %s cannot be stored as it came (%s); dead-lettering it without its arguments.",
                  message.message_id, reason)
     kept = {key: message.options[key] for key in ("failed_at", "traceback") if key in message.options}

@@ -355,3 +355,26 @@ def test_a_failed_message_that_cannot_be_encoded_again_is_still_dead_lettered(st
     assert dead.args == () and dead.actor_name == "boom"
     assert dead.options["failure"].startswith("ValueError: rejected (arguments and options dropped:")
     assert stub_broker.queue_counts("default")["in_flight"] == 0
+
+
+def test_a_failed_message_nested_too_deep_is_dead_lettered_without_its_arguments(stub_broker, stub_worker):
+    """Whether such a payload encodes again depends on the stack depth of the nack, so the
+    worker goes by nesting depth instead of a trial encode."""
+    from greenq.worker import MAX_STORED_DEPTH
+
+    @greenq.actor(broker=stub_broker)
+    def boom(value):
+        raise ValueError("rejected")
+
+    deep = []
+    inner = deep
+    for _ in range(MAX_STORED_DEPTH + 5):
+        inner.append([])
+        inner = inner[0]
+    boom.send(deep)
+    boom.send([[["shallow"]]])
+    stub_broker.join("default")
+    stub_worker.join()
+    dead = sorted(stub_broker.dead_letters, key=lambda m: len(m.args))
+    assert dead[0].args == () and "nested" in dead[0].options["failure"]
+    assert dead[1].args == ([[["shallow"]]],) and dead[1].options["failure"] == "ValueError: rejected"
