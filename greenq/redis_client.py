@@ -13,3 +13,10 @@ def client_from_url(url, *, max_connections=64, **options):
 
     pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **options)
     return redis.Redis(connection_pool=pool)
+
+
+def given_or_new_client(client, url, *, max_connections=64, **options):
+    """``(client, owned)``: the caller's client, not ours to close, or a new one from ``url``, which is."""
+    if client is not None:
+        return client, False
+    return client_from_url(url, max_connections=max_connections, **options), True

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 from ..broker import DEAD_MESSAGE_TTL, Broker, Consumer
 from ..errors import BrokerError, DecodeError
-from ..redis_client import client_from_url
+from ..redis_client import given_or_new_client
 from ..errors import ConnectionError as GreenqConnectionError
 from ..message import Message, MessageProxy, current_millis
 from . import _redis_scripts, redact_url
@@ -82,11 +82,8 @@ class RedisBroker(Broker):
         self.heartbeat_timeout = int(heartbeat_timeout)
         self.dead_message_ttl = int(dead_message_ttl)
         self.max_deliveries = int(max_deliveries)
-        if client is None:
-            client = client_from_url(self.url, max_connections=max_connections, **client_options)
-            self._owns_client = True
-        else:
-            self._owns_client = False
+        client, self._owns_client = given_or_new_client(client, self.url, max_connections=max_connections,
+                                                        **client_options)
         self._client_options = client_options
         self.client = client
         self.cluster = _is_cluster(client)

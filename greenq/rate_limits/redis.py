@@ -7,7 +7,7 @@ touches a single key, so Redis Cluster serves it as is.
 """
 
 from .backend import RateLimiterBackend
-from ..redis_client import client_from_url
+from ..redis_client import given_or_new_client
 
 _ADD = """
 local t = redis.call('TIME')
@@ -57,11 +57,7 @@ class RedisBackend(RateLimiterBackend):
         super().__init__(poll_interval=poll_interval)
         import redis  # only when a Redis back end is built
 
-        if client is None:
-            client = client_from_url(url, max_connections=max_connections)
-            self._owns_client = True
-        else:
-            self._owns_client = False
+        client, self._owns_client = given_or_new_client(client, url, max_connections=max_connections)
         self._redis = redis
         self.url = url
         self.client = client

@@ -8,7 +8,7 @@ Each key stands alone, so Redis Cluster serves it as is.
 """
 
 from .backend import ResultBackend
-from ..redis_client import client_from_url
+from ..redis_client import given_or_new_client
 
 # Replace the result atomically, in one round trip (also on Redis Cluster, where MULTI is awkward).
 _PUT = """
@@ -30,11 +30,7 @@ class RedisBackend(ResultBackend):
     def __init__(self, url="redis://127.0.0.1:6379/0", *, namespace="greenq", client=None, max_connections=64):
         import redis  # only when a Redis back end is built: importing greenq.results must not need redis
 
-        if client is None:
-            client = client_from_url(url, max_connections=max_connections)
-            self._owns_client = True
-        else:
-            self._owns_client = False
+        client, self._owns_client = given_or_new_client(client, url, max_connections=max_connections)
         self.client = client
         self.namespace = namespace
         self.url = url

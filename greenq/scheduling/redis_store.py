@@ -20,7 +20,7 @@ from ..brokers import redact_url
 from ..errors import BrokerError
 from ..errors import ConnectionError as GreenqConnectionError
 from ..message import current_millis
-from ..redis_client import client_from_url
+from ..redis_client import given_or_new_client
 from .store import Store
 
 _LEASE = """
@@ -155,10 +155,7 @@ class RedisStore(Store):
         self._redis = redis
         if client is None:
             url = url or "redis://127.0.0.1:6379/0"
-            client = client_from_url(url, max_connections=max_connections)
-            self._owns_client = True
-        else:
-            self._owns_client = False
+        client, self._owns_client = given_or_new_client(client, url, max_connections=max_connections)
         self.client = client
         self.url = url
         self.namespace = namespace
