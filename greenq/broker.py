@@ -226,6 +226,7 @@ class Broker:
     def _prepare(self, message, delay):
         if isinstance(message, MessageProxy):
             message = message.to_message()
+        message.encode()  # an argument that cannot travel fails here, before any hook or write
         self.declare_queue(message.queue_name)
         if delay is not None:
             if delay < 0:

@@ -128,10 +128,21 @@ class Message:
         }
 
     def encode(self) -> bytes:
+        """The payload bytes, computed once per message and encoder.
+
+        ``Broker.enqueue`` encodes before any middleware runs, so an argument
+        that cannot travel fails at send time; the broker's own write reuses
+        those bytes instead of encoding again.
+        """
+        cached = self.__dict__.get("_payload")
+        if cached is not None and cached[0] is _encoder:
+            return cached[1]
         try:
-            return _encoder.encode(self.asdict())
+            payload = _encoder.encode(self.asdict())
         except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nesting past the limit
             raise EncodeError(f"actor {self.actor_name!r}: {self._unencodable_part()} cannot be encoded: {e}") from None
+        object.__setattr__(self, "_payload", (_encoder, payload))
+        return payload
 
     def _unencodable_part(self) -> str:
         """Name the argument (or option) that broke encoding, for the error message."""
@@ -223,7 +234,7 @@ class MessageProxy:
 
     __slots__ = (
         "message", "receipt", "options", "failed", "failure", "exception", "result",
-        "retried", "redelivered", "_interrupt", "__weakref__",
+        "retried", "redelivered", "returned", "_interrupt", "__weakref__",
     )
 
     def __init__(self, message: Message, receipt=None, redelivered=False):
@@ -236,6 +247,7 @@ class MessageProxy:
         self.result = None
         self.retried = False
         self.redelivered = redelivered
+        self.returned = False  # a worker shutdown interrupted it: it goes back to the broker as it came
         self._interrupt = None
 
     def __getattr__(self, name):

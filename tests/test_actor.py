@@ -96,6 +96,43 @@ def test_unencodable_argument_fails_at_send_and_nothing_is_enqueued(stub_broker)
     assert stub_broker.queue_counts("default")["ready"] == 0
 
 
+def test_unencodable_argument_fails_before_any_middleware_sees_the_message(stub_broker):
+    seen = []
+
+    class Spy(greenq.Middleware):
+        def before_enqueue(self, broker, message, delay):
+            seen.append(message.message_id)
+
+    stub_broker.add_middleware(Spy())
+
+    @greenq.actor(broker=stub_broker)
+    def store(value):
+        pass
+
+    with pytest.raises(EncodeError, match="argument 0"):
+        store.send({1, 2, 3})
+    assert seen == []  # no hook ran for a message that was never stored
+    store.send([1, 2, 3])
+    assert len(seen) == 1
+
+
+def test_local_broker_rejects_an_unencodable_argument_too():
+    from greenq.brokers.local import LocalBroker
+
+    broker = LocalBroker()
+    ran = []
+
+    @greenq.actor(broker=broker)
+    def store(value):
+        ran.append(value)
+
+    with pytest.raises(EncodeError, match="argument 0"):
+        store.send({1, 2, 3})
+    assert ran == []  # it would not survive a real broker, so it does not run here either
+    store.send([1, 2])
+    assert ran == [[1, 2]]
+
+
 def test_send_many_enqueues_one_message_per_tuple(stub_broker):
     @greenq.actor(broker=stub_broker)
     def add(x, y):
