@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Mapping
 
 from . import concurrency
-from .errors import ActorNotFound, EncodeError, Interrupt, Retry, SkipMessage
+from .errors import ActorNotFound, EncodeError, Interrupt, Retry, Shutdown, SkipMessage
 from .message import current_millis
 from .middleware.middleware import Middleware
 
@@ -106,6 +106,9 @@ def process_message(broker, message):
     except SkipMessage:
         broker.emit_after("skip_message", message)
         return
+    except Shutdown:  # the worker stopped before the actor started
+        _return_to_broker(broker, actor, message, 0.0)
+        return
     except Interrupt as e:  # a limit that ran out before the actor started
         _record_failure(broker, actor, message, e, 0.0)
         return
@@ -117,6 +120,9 @@ def process_message(broker, message):
     start = time.perf_counter()
     try:
         result = call_actor(actor, message)
+    except Shutdown:
+        _return_to_broker(broker, actor, message, (time.perf_counter() - start) * 1000)
+        return
     except (Exception, Interrupt) as e:
         _record_failure(broker, actor, message, e, (time.perf_counter() - start) * 1000)
         return
@@ -126,6 +132,23 @@ def process_message(broker, message):
     try:
         broker.emit_after("process_message", message, result=result)
     except Interrupt:  # arrived between the actor's return and here; the work is done
+        pass
+
+
+def _return_to_broker(broker, actor, message, elapsed_ms):
+    """The worker's shutdown interrupted this message: it is unfinished work, not a failure.
+
+    It goes back to the broker as it came, to run again on another worker: no
+    retry is counted, nothing is dead-lettered, no failure callback or result
+    is recorded. Middleware see it as skipped (``after_skip_message``), which
+    closes what ``before_process_message`` opened.
+    """
+    actor.logger.warning("Interrupted by the worker's shutdown after %.2fms; returning message %s to the broker.",
+                         elapsed_ms, message.message_id)
+    message.returned = True
+    try:
+        broker.emit_after("skip_message", message)
+    except Interrupt:
         pass
 
 
@@ -232,11 +255,15 @@ class _QueueRunner:
         worker = self.worker
         broker = worker.broker
         failures = 0
+        busy = False  # did the last fetch fill what it asked for?
         while self.running:
             worker._unpaused.wait()
             if not self.running:
                 break
-            n = worker._capacity.reserve(worker._share, worker._fetch_batch)
+            # A queue that came up short waits for its next message holding one
+            # slot, not its share, so idle queues never starve a busy one.
+            most = worker._share if busy else 1
+            n = worker._capacity.reserve(most, worker._fetch_batch)
             if n == 0:
                 break
             try:
@@ -254,6 +281,7 @@ class _QueueRunner:
                 self._pause(delay)
                 continue
             worker._capacity.fill(n, len(messages))
+            busy = len(messages) >= n
             if not self.running and messages:
                 self.inbox.put(("requeue", messages))
                 continue
@@ -464,8 +492,6 @@ class Worker:
 
     def _abandon_running(self):
         """Past the shutdown timeout: hand running messages back and interrupt their actors."""
-        from .errors import Shutdown
-
         for key, (message, runner) in list(self._running.items()):
             logger.warning("Message %s (%s) did not finish within the shutdown timeout; requeueing it.",
                            message.message_id, message.actor_name)
@@ -529,7 +555,9 @@ class Worker:
                 self._idle.set()
 
     def _settle(self, message, runner):
-        if message.failed:
+        if message.returned:
+            runner.post("requeue", message)
+        elif message.failed:
             message.options["failure"] = message.failure or "failed"
             message.options["failed_at"] = current_millis()
             _make_storable(message)

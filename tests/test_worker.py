@@ -171,7 +171,11 @@ def test_shutdown_notification_reaches_opted_in_actors(stub_broker):
     started = threading.Event()
     outcome = []
 
-    @greenq.actor(broker=stub_broker, notify_shutdown=True, max_retries=1, min_backoff=100)
+    @greenq.actor(broker=stub_broker)
+    def on_failure(message, details):
+        pass
+
+    @greenq.actor(broker=stub_broker, notify_shutdown=True, max_retries=1, on_failure=on_failure)
     def patient():
         started.set()
         try:
@@ -187,7 +191,9 @@ def test_shutdown_notification_reaches_opted_in_actors(stub_broker):
     assert started.wait(10)
     worker.stop(timeout=5000)
     assert outcome == ["shutdown"]
-    assert stub_broker.queue_counts(patient.queue_name)["delayed"] == 1  # retried, not lost
+    # Unfinished work goes back as it came: not a retry (delayed), not dead, and no
+    # on_failure message (it would be a second ready message on this queue).
+    assert stub_broker.queue_counts(patient.queue_name) == {"ready": 1, "delayed": 0, "in_flight": 0, "dead": 0}
 
 
 def test_shutdown_timeout_requeues_work_that_did_not_finish(stub_broker):
@@ -208,6 +214,41 @@ def test_shutdown_timeout_requeues_work_that_did_not_finish(stub_broker):
     assert counts["ready"] == 1 and counts["in_flight"] == 0
     assert stub_broker.dead_letters == []
     assert message.message_id
+
+
+def test_work_cut_off_by_the_shutdown_timeout_is_requeued_once_not_also_retried(stub_broker):
+    started = threading.Event()
+
+    @greenq.actor(broker=stub_broker)
+    def on_failure(message, details):
+        pass
+
+    @greenq.actor(broker=stub_broker, max_retries=3, min_backoff=100, on_failure=on_failure)
+    def stubborn():
+        started.set()
+        for _ in range(300):
+            time.sleep(0.01)
+
+    finished = threading.Event()
+
+    class LastWord(greenq.Middleware):
+        """Placed first, so its after-hooks run after every other middleware's (Retries' included)."""
+
+        def after_process_message(self, broker, message, *, result=None, exception=None):
+            finished.set()
+
+        def after_skip_message(self, broker, message):
+            finished.set()
+
+    stub_broker.add_middleware(LastWord(), before=type(stub_broker.middleware[0]))
+    stubborn.send()
+    worker = greenq.Worker(stub_broker, worker_timeout=100)
+    worker.start()
+    assert started.wait(10)
+    worker.stop(timeout=200)
+    assert finished.wait(10)  # the interrupted actor has ended and every hook has run
+    # One copy back on the queue: no retry copy (delayed), no on_failure message (a second ready one).
+    assert stub_broker.queue_counts(stubborn.queue_name) == {"ready": 1, "delayed": 0, "in_flight": 0, "dead": 0}
 
 
 def test_pause_stops_fetching_and_resume_goes_on(stub_broker, stub_worker, recorder):

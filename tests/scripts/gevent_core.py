@@ -42,6 +42,49 @@ def concurrency_counter():
     return {"mode": concurrency.mode_name(), "max_in_flight": state["max"]}
 
 
+def idle_queues():
+    """One busy queue beside three idle ones: the idle consumers must not hold back pool slots.
+
+    Each idle queue's consumer waits in a blocking fetch; if it kept its share
+    of the capacity reserved meanwhile, the busy queue could not fill the pool.
+    """
+    broker = StubBroker()
+    state = {"now": 0, "max": 0}
+    all_in = threading.Event()
+    size = 100
+
+    @greenq.actor(broker=broker, queue_name="busy")
+    def nap():
+        state["now"] += 1
+        state["max"] = max(state["max"], state["now"])
+        if state["now"] == size:
+            all_in.set()
+        all_in.wait(5)  # holds its greenlet until the whole pool runs at once (or 5 s pass)
+        state["now"] -= 1
+
+    idle = ("idle-a", "idle-b", "idle-c")
+    wakers = [greenq.actor(lambda: None, broker=broker, actor_name=f"wake_{name}", queue_name=name)
+              for name in ("busy", *idle)]
+    # A fetch waits up to worker_timeout for a message: longer than the actors wait, so
+    # an idle consumer that kept its share reserved would hold it through the whole test.
+    worker = greenq.Worker(broker, worker_threads=size, worker_timeout=20000)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not all(runner.consumer is not None for runner in worker._runners.values()):
+        assert time.monotonic() < deadline, "consumers did not start"
+        time.sleep(0.01)  # every consumer is now in its first (blocking) fetch
+    nap.send_many([()] * size)
+    broker.join("busy", timeout=60000)
+    worker.join()
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    worker.stopping.wait(30)
+    for waker in wakers:  # end the idle consumers' long fetches so stop() is quick
+        waker.send()
+    stopper.join(60)
+    return {"max_in_flight": state["max"], "pool": size}
+
+
 def time_limit():
     """A sleeping greenlet past its time limit gets TimeLimitExceeded at once, not after its sleep."""
     broker = StubBroker()
@@ -89,6 +132,7 @@ def shutdown():
     worker.stop(timeout=20000)
     seen["stop_seconds"] = time.monotonic() - begin
     seen["dead"] = len(broker.dead_letters)
+    seen["counts"] = broker.queue_counts(waiter.queue_name)
     return seen
 
 
