@@ -327,6 +327,56 @@ def test_a_live_process_keeps_its_messages_past_the_heartbeat_timeout(db_path, q
         other.close()
 
 
+def test_a_stalled_consumer_cannot_settle_a_message_redelivered_to_another(db_path, queue_name, caplog):
+    """A's heartbeat lapses, its message is reaped and fetched by B: A's late nack/ack/requeue change nothing."""
+    stalled = SqliteBroker(path=db_path, heartbeat_timeout=60000)  # its thread would beat again only in 15 s
+    live = SqliteBroker(path=db_path, heartbeat_timeout=60000)
+    try:
+        stalled.enqueue(make_message(queue_name, 1))
+        a = stalled.consume(queue_name)
+        (late,) = fetch_all(a, 1)
+        # A's process stalls: its heartbeat stops, and its last beat falls behind the timeout.
+        stalled._heartbeat_running = False
+        conn = sqlite3.connect(db_path)
+        with conn:
+            assert conn.execute("UPDATE greenq_owners SET heartbeat = 0 WHERE id = ?", (a.owner,)).rowcount == 1
+        conn.close()
+        assert live._maybe_reap(force=True) == 1
+        b = live.consume(queue_name)
+        (mine,) = fetch_all(b, 1)
+        assert mine.message_id == late.message_id and mine.receipt == late.receipt  # the same row, now B's
+        assert mine.redelivered
+
+        def held_by_b():
+            conn = sqlite3.connect(db_path)
+            try:
+                return conn.execute("SELECT state, owner, consumer FROM greenq_messages").fetchall() == [
+                    (2, b.owner, b.id)]
+            finally:
+                conn.close()
+
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="greenq.brokers.sqlite"):
+            a.nack([late])
+            assert live.dead_letters_of(queue_name) == []
+            assert held_by_b()
+            a.ack([late])
+            assert held_by_b()
+            a.requeue([late])
+            assert held_by_b()
+        warnings = [r.getMessage() for r in caplog.records if "no longer holds" in r.getMessage()]
+        assert [w.split()[2] for w in warnings] == ["dead-letter", "ack", "requeue"]
+        assert all(late.message_id in w for w in warnings)
+        assert live.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 1, "dead": 0}
+        b.ack([mine])  # B, which does hold it, settles it as usual
+        assert live.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+        a.close()
+        b.close()
+    finally:
+        stalled.close()
+        live.close()
+
+
 def test_a_forked_child_uses_its_own_connection(broker, queue_name):
     broker.enqueue_many([make_message(queue_name, i) for i in range(5)])
     broker.consume(queue_name).close()  # the parent has a connection and an owner before the fork

@@ -745,6 +745,15 @@ def _placeholder(queue_name, row_id, error, payload, failure=None):
     )
 
 
+class _Burial:
+    """A held row about to become a dead letter (what ``_settle`` needs: receipt and message id)."""
+
+    __slots__ = ("receipt", "message_id", "priority", "payload")
+
+    def __init__(self, receipt, message, priority, payload):
+        self.receipt, self.message_id, self.priority, self.payload = receipt, message.message_id, priority, payload
+
+
 class _SqliteConsumer(Consumer):
     """Claims batches of one queue's rows for one worker; the rows say who holds them."""
 
@@ -862,43 +871,70 @@ class _SqliteConsumer(Consumer):
         return messages
 
     # --- settle ------------------------------------------------------------------------------
+    #
+    # A consumer settles only rows it still holds. One whose process stalled past the heartbeat
+    # timeout (or held a row past ``visibility_timeout``) has had its rows reaped and maybe handed
+    # to another consumer under the same receipt: its late ack, nack or requeue must not delete,
+    # dead-letter or return a message someone else is running. Those are skipped with a warning.
+
+    def _held(self, conn, ids):
+        """The ids among ``ids`` that this consumer still holds."""
+        marks = ",".join("?" * len(ids))
+        return {row[0] for row in conn.execute(
+            f"SELECT id FROM greenq_messages WHERE id IN ({marks}) AND state = 2 AND owner = ? AND consumer = ?",
+            (*ids, self.owner, self.id))}
+
+    def _settle(self, messages, verb, apply):
+        """Run ``apply(conn, held_messages)`` on each chunk's still-held messages; warn about the rest."""
+        lost = []
+        for start in range(0, len(messages), _CHUNK):
+            chunk = messages[start:start + _CHUNK]
+
+            def settle(conn):
+                held = self._held(conn, [m.receipt for m in chunk])
+                mine = [m for m in chunk if m.receipt in held]
+                if mine:
+                    apply(conn, mine)
+                return [m for m in chunk if m.receipt not in held]
+
+            lost += self.broker.db.write(settle)
+        if lost:
+            logger.warning(
+                "Did not %s %d message(s) on queue %r (%s): consumer %s no longer holds them; its heartbeat or "
+                "visibility timeout lapsed and they went back to the queue, so another consumer may be running them.",
+                verb, len(lost), self.queue_name, ", ".join(str(m.message_id) for m in lost[:10]), self.id)
+        return len(messages) - len(lost)
 
     def ack(self, messages):
-        ids = [(m.receipt,) for m in messages]
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            self.broker.db.write(lambda conn: conn.executemany("DELETE FROM greenq_messages WHERE id = ?", chunk))
+        def delete(conn, mine):
+            conn.executemany("DELETE FROM greenq_messages WHERE id = ?", [(m.receipt,) for m in mine])
+
+        self._settle(list(messages), "ack", delete)
 
     def nack(self, messages):
         self._bury([(m.receipt, m.to_message()) for m in messages])
 
     def _bury(self, entries):
-        """Move held rows to the dead letters as the given ``Message`` objects."""
+        """Move rows this consumer holds to the dead letters as the given ``Message`` objects."""
         broker = self.broker
-        rows = []
-        for row_id, message in entries:
-            priority = broker.priority_of(message)
-            rows.append((row_id, message.message_id, priority, message.encode()))
+        rows = [_Burial(row_id, message, broker.priority_of(message), message.encode()) for row_id, message in entries]
 
-        def bury(conn, chunk):
+        def bury(conn, mine):
             now = current_millis()
-            conn.executemany("DELETE FROM greenq_messages WHERE id = ?", [(r[0],) for r in chunk])
+            conn.executemany("DELETE FROM greenq_messages WHERE id = ?", [(r.receipt,) for r in mine])
             conn.executemany("INSERT INTO greenq_dead (queue, priority, message_id, dead_at, payload)"
-                             " VALUES (?, ?, ?, ?, ?)", [(self.queue_name, r[2], r[1], now, r[3]) for r in chunk])
+                             " VALUES (?, ?, ?, ?, ?)",
+                             [(self.queue_name, r.priority, r.message_id, now, r.payload) for r in mine])
             broker._purge_expired(conn, now)
 
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start:start + _CHUNK]
-            broker.db.write(lambda conn: bury(conn, chunk))
+        self._settle(rows, "dead-letter", bury)
 
     def requeue(self, messages):
-        ids = [(m.receipt,) for m in messages]
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            self.broker.db.write(lambda conn: conn.executemany(
-                "UPDATE greenq_messages SET state = 0, owner = NULL, consumer = NULL,"
-                " deliveries = max(deliveries - 1, 0) WHERE id = ? AND state = 2", chunk))
-        if ids:
+        def give_back(conn, mine):
+            conn.executemany("UPDATE greenq_messages SET state = 0, owner = NULL, consumer = NULL,"
+                             " deliveries = max(deliveries - 1, 0) WHERE id = ?", [(m.receipt,) for m in mine])
+
+        if self._settle(list(messages), "requeue", give_back):
             self.broker._notify()
 
     def close(self):
