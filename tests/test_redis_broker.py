@@ -185,6 +185,31 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(make, queue_na
     survivor.close()
 
 
+def test_a_stalled_consumer_cannot_settle_a_message_taken_back(make, raw, queue_name, caplog):
+    broker = make(heartbeat_timeout=60000)  # no beat of its own for 20 s: only the backdating below ages it
+    broker.enqueue(message_for(queue_name))
+    stalled = broker.consume(queue_name)
+    (late,) = fetch_all(stalled, 1)
+    broker._heartbeat.remove(stalled.cid)  # its process stalls: no more beats...
+    raw.zadd(f"{stalled.prefix}.heartbeats", {stalled.cid: 0})  # ...and its last one is older than the timeout
+    live = broker.consume(queue_name)
+    (mine,) = fetch_all(live, 1)  # this fetch reaps the stalled consumer
+    assert mine.receipt == late.receipt and mine.redelivered
+    with caplog.at_level("WARNING", logger="greenq.brokers.redis"):
+        stalled.nack([late])
+        stalled.ack([late])
+        stalled.requeue([late])
+    assert broker.dead_letters_of(queue_name) == []
+    assert raw.smembers(live.held_key) == {mine.receipt.encode()}
+    assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 1, "dead": 0}
+    warnings = [r.getMessage() for r in caplog.records if "no longer holds" in r.getMessage()]
+    assert [w.split()[2] for w in warnings] == ["dead-letter", "ack", "requeue"]
+    live.ack([mine])
+    assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+    live.close()
+    stalled.close()
+
+
 # --- isolation, delays, priorities ---------------------------------------------------------
 
 

@@ -469,10 +469,19 @@ class _RedisConsumer(Consumer):
         finally:
             self._outstanding.difference_update(receipts)
 
+    def _warn_unheld(self, verb, messages, settled):
+        """A stalled consumer whose messages were taken back settles nothing: the scripts skip what it no longer holds."""
+        if settled is not None and int(settled) < len(messages):
+            logger.warning(
+                "Did not %s %d of %d message(s) on queue %r: consumer %s no longer holds them; its heartbeat "
+                "lapsed and they went back to the queue, so another consumer may be running them.",
+                verb, len(messages) - int(settled), len(messages), self.queue_name, self.cid)
+
     def ack(self, messages):
         if messages:
             receipts = [m.receipt for m in messages]
-            self._settle("ack", receipts, f"acking {len(messages)} message(s)", receipts)
+            self._warn_unheld("ack", messages,
+                              self._settle("ack", receipts, f"acking {len(messages)} message(s)", receipts))
 
     def nack(self, messages):
         if not messages:
@@ -480,12 +489,14 @@ class _RedisConsumer(Consumer):
         args = [current_millis(), self.broker.dead_message_ttl]
         for m in messages:
             args += [m.receipt, m.to_message().encode(), ""]
-        self._settle("nack", args, f"dead-lettering {len(messages)} message(s)", [m.receipt for m in messages])
+        self._warn_unheld("dead-letter", messages, self._settle(
+            "nack", args, f"dead-lettering {len(messages)} message(s)", [m.receipt for m in messages]))
 
     def requeue(self, messages):
         if messages:
             receipts = [m.receipt for m in messages]
-            self._settle("requeue", [self.cid, "some"] + receipts, f"requeueing {len(messages)} message(s)", receipts)
+            self._warn_unheld("requeue", messages, self._settle(
+                "requeue", [self.cid, "some"] + receipts, f"requeueing {len(messages)} message(s)", receipts))
 
     def close(self):
         """Give back everything still held, at once, and stop beating."""
