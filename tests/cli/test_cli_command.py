@@ -141,14 +141,15 @@ def test_stale_pid_file_is_replaced(run_greenq, tmp_path):
     assert proc.wait() == 0
 
 
-def test_second_term_kills_workers_exit_1(run_greenq):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_second_term_or_int_kills_workers_exit_1(run_greenq, signum):
     proc = run_greenq("stubapp", "-p", "2", env={"STUB_COUNT": "2", "STUB_SLEEP": "120"})
     proc.ready(2)
     proc.wait_for("Received args", 4)
     workers = proc.worker_pids()
-    proc.signal(signal.SIGTERM)
+    proc.signal(signum)
     proc.wait_for("Stopping")
-    proc.signal(signal.SIGTERM)
+    proc.signal(signum)
     assert proc.wait(timeout=20) == 1
     assert proc.matching("killing the worker processes now")
     assert len(proc.matching(r"was killed by SIGKILL")) == 2
