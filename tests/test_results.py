@@ -132,3 +132,31 @@ def test_redis_backend_reports_unreachable_server():
     with pytest.raises(greenq.ConnectionError) as info:
         backend.get_result("x")
     assert "s3cret" not in str(info.value) and "127.0.0.1:16999" in str(info.value)
+
+
+@pytest.fixture
+def redis_backend():
+    require_server("Redis", "127.0.0.1", 6379)
+    from greenq.results.redis import RedisBackend
+
+    backend = RedisBackend(REDIS_URL, namespace=f"greenq-test-results-{uuid.uuid4().hex[:8]}")
+    yield backend
+    backend.close()
+
+
+@pytest.mark.parametrize("kind", ["string", "hash"])
+def test_redis_result_key_holding_a_foreign_type_is_a_clear_error(redis_backend, kind):
+    key = redis_backend.key("m-foreign")
+    if kind == "string":
+        redis_backend.client.set(key, "someone else's value", px=60000)
+    else:
+        redis_backend.client.hset(key, "field", "value")
+    try:
+        for block in (False, True):
+            with pytest.raises(ResultMissing) as info:
+                redis_backend.get_result("m-foreign", block=block, timeout=5000)
+            assert key in str(info.value) and f"holds a {kind}" in str(info.value)
+        redis_backend.store_result("m-foreign", 7, 60000)  # storing replaces the foreign value
+        assert redis_backend.get_result("m-foreign") == 7
+    finally:
+        redis_backend.client.delete(key)

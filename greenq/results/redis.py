@@ -40,29 +40,46 @@ class RedisBackend(ResultBackend):
     def key(self, message_id):
         return f"{self.namespace}:result:{message_id}"
 
-    def _translated(self, call, *args):
+    def _translated(self, key, call, *args):
+        """Run a Redis call on ``key``, turning redis-py's errors into greenq's, naming the server or key."""
         from ..brokers import redact_url
         from ..errors import ConnectionError as GreenqConnectionError
+        from ..errors import ResultError, ResultMissing
 
+        errors = self._redis.exceptions
         try:
             return call(*args)
-        except (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError) as e:
+        except (errors.ConnectionError, errors.TimeoutError) as e:
             raise GreenqConnectionError(f"cannot reach the result back end at {redact_url(self.url)}: {e}") from None
+        except errors.ResponseError as e:
+            if str(e).startswith("WRONGTYPE"):  # someone else's value under our key: no result of ours there
+                raise ResultMissing(f"the Redis key {key} holds a {self._type_of(key)}, not a greenq result "
+                                    f"(a list); delete it or use another namespace") from None
+            raise ResultError(f"the result back end at {redact_url(self.url)} refused a call on {key}: {e}") from None
+        except errors.RedisError as e:
+            raise ResultError(f"the result back end at {redact_url(self.url)} failed on {key}: {e}") from None
+
+    def _type_of(self, key):
+        try:
+            kind = self.client.type(key)
+        except self._redis.exceptions.RedisError:
+            return "value of another type"
+        return kind.decode() if isinstance(kind, bytes) else str(kind)
 
     def _store(self, message_id, data, ttl):
         key = self.key(message_id)
-
-        self._translated(lambda: self._put(keys=[key], args=[data, max(1, int(ttl))]))
+        self._translated(key, lambda: self._put(keys=[key], args=[data, max(1, int(ttl))]))
 
     def _load(self, message_id):
-        return self._translated(self.client.lindex, self.key(message_id), 0)
+        key = self.key(message_id)
+        return self._translated(key, self.client.lindex, key, 0)
 
     def _wait(self, message_id, timeout):
         key = self.key(message_id)
         data = self._load(message_id)
         if data is not None or timeout <= 0:
             return data
-        return self._translated(self.client.blmove, key, key, max(timeout, 0.01), "RIGHT", "RIGHT")
+        return self._translated(key, self.client.blmove, key, key, max(timeout, 0.01), "RIGHT", "RIGHT")
 
     def close(self):
         if self._owns_client:
