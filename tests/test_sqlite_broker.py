@@ -173,6 +173,34 @@ def test_a_newer_schema_is_refused(db_path):
     assert db_path in message and "newer greenq" in message and str(SCHEMA_VERSION + 1) in message
 
 
+def test_a_file_damaged_after_opening_is_a_clear_error_naming_it(db_path, queue_name):
+    broker = SqliteBroker(path=db_path)
+    try:
+        broker.enqueue_many([make_message(queue_name, i) for i in range(200)])
+        conn = sqlite3.connect(db_path)
+        assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)  # all rows in the file now
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.close()
+        pages = os.path.getsize(db_path) // page
+        assert pages > 5
+        with open(db_path, "r+b") as f:  # keep page 1 (the header and schema), overwrite every table and index
+            for n in range(1, pages):
+                f.seek(n * page)
+                f.write(b"\xff" * page)
+        for name, call in [("queue_counts", lambda: broker.queue_counts(queue_name)),
+                           ("enqueue", lambda: broker.enqueue(make_message(queue_name, "more"))),
+                           ("consume", lambda: broker.consume(queue_name)),
+                           ("dead_letters_of", lambda: broker.dead_letters_of(queue_name)),
+                           ("ping", broker.ping)]:
+            with pytest.raises(DatabaseFileError) as info:
+                call()
+            message = str(info.value)
+            assert db_path in message and "damaged" in message and "malformed" in message, (name, message)
+            assert isinstance(info.value, ConnectionError)  # a worker exits with the broker-connection code
+    finally:
+        broker.close()
+
+
 def test_reopening_keeps_messages(db_path, queue_name):
     first = SqliteBroker(path=db_path)
     first.enqueue(make_message(queue_name, 1))

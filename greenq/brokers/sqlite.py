@@ -259,9 +259,16 @@ class Database:
         logger.info("Created the greenq database %s.", self.path)
 
     def _error(self, error):
-        if "not a database" in str(error):
+        """greenq's error for a ``sqlite3.DatabaseError``, naming the file (what SQLite's own text never does)."""
+        text, name = str(error), getattr(error, "sqlite_errorname", "")
+        if name == "SQLITE_NOTADB" or "not a database" in text:
             return DatabaseFileError(f"{self.path} is not a greenq database (SQLite says: {error})")
-        if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
+        if name == "SQLITE_CORRUPT" or "malformed" in text:
+            return DatabaseFileError(
+                f"the SQLite broker file {self.path} is damaged (SQLite says: {error}); restore it from a backup, "
+                "or stop every worker and move it aside so greenq starts a fresh one"
+            )
+        if isinstance(error, sqlite3.OperationalError) and "unable to open" in text:
             return ConnectionError(f"cannot open the SQLite broker file {self.path}: {error}")
         return ConnectionError(f"SQLite broker file {self.path}: {error}")
 
@@ -336,8 +343,8 @@ class Database:
         while True:
             try:
                 return attempt()
-            except sqlite3.OperationalError as e:
-                if not _is_busy(e):
+            except sqlite3.DatabaseError as e:  # also a file damaged after it was opened, not only locks
+                if not (isinstance(e, sqlite3.OperationalError) and _is_busy(e)):
                     raise self._error(e) from None
                 now = time.monotonic()
                 if deadline is None:
@@ -396,8 +403,8 @@ class Database:
         with entry.lock:
             try:
                 return entry.conn.execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.OperationalError as e:
-                if _is_busy(e):
+            except sqlite3.DatabaseError as e:
+                if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
                     return None
                 raise self._error(e) from None
 
