@@ -210,6 +210,79 @@ def test_a_stalled_consumer_cannot_settle_a_message_taken_back(make, raw, queue_
     stalled.close()
 
 
+# --- dead letters ----------------------------------------------------------------------------
+
+
+def wait_past(epoch_ms):
+    """Sleep until the wall clock (which dead-letter times use) has passed ``epoch_ms``."""
+    while current_millis() <= epoch_ms:
+        time.sleep(max(0.001, (epoch_ms - current_millis() + 1) / 1000))
+
+
+def test_dead_letters_are_kept_seven_days_by_default(make, raw, queue_name):
+    broker = make()
+    assert broker.dead_message_ttl == 7 * 24 * 3600 * 1000
+    broker.enqueue(message_for(queue_name))
+    consumer = broker.consume(queue_name)
+    consumer.nack(fetch_all(consumer, 1))
+    dead_key, dead_msgs = broker.keys_of(queue_name)[7:9]
+    for key in (dead_key, dead_msgs):  # the structures themselves expire a week after the last dead letter
+        assert 7 * 24 * 3600 * 1000 - 60000 < raw.pttl(key) <= 7 * 24 * 3600 * 1000
+    assert len(broker.dead_letters_of(queue_name)) == 1
+    consumer.close()
+
+
+def test_dead_letters_disappear_after_their_ttl_and_are_pruned(make, raw, queue_name):
+    ttl = 1500  # ms: each step below takes a few; a stall this long between two calls would be extraordinary
+    broker = make(dead_message_ttl=ttl)
+    kept, lone = queue_name, f"{queue_name}-lone"
+    sent = {q: broker.enqueue_many([message_for(q, args=(i,)) for i in range(2)]) for q in (kept, lone)}
+    consumers = {q: broker.consume(q) for q in (kept, lone)}
+    held = {q: fetch_all(consumers[q], 2) for q in (kept, lone)}
+    assert all(len(held[q]) == 2 for q in held)
+    dead_key, dead_msgs = broker.keys_of(kept)[7:9]
+    lone_keys = broker.keys_of(lone)[7:9]
+
+    def dead_letter_and_keep(message):
+        """Dead-letter it, then make the structures outlive it, as later dead letters would."""
+        consumers[kept].nack([message])
+        pipe = raw.pipeline(transaction=True)
+        pipe.pttl(dead_key).zscore(dead_key, message.receipt).zrange(dead_key, 0, -1).hkeys(dead_msgs)
+        pipe.persist(dead_key).persist(dead_msgs)
+        expires_in, failed_at, members, fields, _, _ = pipe.execute()
+        assert 0 < expires_in <= ttl  # they expire ttl after the last dead letter...
+        return int(failed_at), members, fields  # ...so on ``kept`` only pruning can remove one
+
+    first = held[kept][0]
+    first_failed_at, members, fields = dead_letter_and_keep(first)
+    assert members == fields == [first.receipt.encode()]
+    consumers[lone].nack(held[lone][:1])
+    assert [m.message_id for m in broker.dead_letters_of(kept)] == [sent[kept][0].message_id]
+    assert len(broker.dead_letters_of(lone)) == 1
+
+    wait_past(first_failed_at + ttl)
+    # Nothing kept ``lone``'s structures alive: Redis dropped them with their last dead letter.
+    deadline = time.monotonic() + 10
+    while raw.exists(*lone_keys):
+        assert time.monotonic() < deadline, "the dead letters of a queue outlived their TTL in Redis"
+        time.sleep(0.02)  # Redis's own expiry, which no event announces
+    assert broker.dead_letters_of(lone) == [] and broker.queue_counts(lone)["dead"] == 0
+
+    # A new dead letter prunes the expired one from the structures it shares with it.
+    second = held[kept][1]
+    second_failed_at, members, fields = dead_letter_and_keep(second)
+    assert members == fields == [second.receipt.encode()]
+    assert [m.message_id for m in broker.dead_letters_of(kept)] == [second.message_id]
+
+    wait_past(second_failed_at + ttl)
+    # Reading counts prunes too, so an expired dead letter is never listed or counted.
+    assert broker.queue_counts(kept)["dead"] == 0
+    assert raw.zcard(dead_key) == 0 and raw.hlen(dead_msgs) == 0
+    assert broker.dead_letters_of(kept) == [] and broker.requeue_dead(kept) == 0
+    for consumer in consumers.values():
+        consumer.close()
+
+
 # --- isolation, delays, priorities ---------------------------------------------------------
 
 
