@@ -7,6 +7,7 @@ redis-server on a port in 16000-16999 serves the tests that break connections.
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -350,26 +352,56 @@ def test_requeued_high_priority_message_wakes_a_blocked_consumer(make, queue_nam
 # --- other languages ---------------------------------------------------------------------
 
 
-def test_hand_written_redis_cli_recipe_is_processed(make, namespace, queue_name, recorder):
+README = os.path.join(os.path.dirname(os.path.abspath(HERE)), "README.rst")
+
+
+def readme_redis_cli_commands():
+    """Every ``$ redis-cli ...`` command line of README.rst, backslash continuations joined."""
+    with open(README, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    commands, i = [], 0
+    while i < len(lines):
+        text = lines[i].strip()
+        i += 1
+        if text.startswith("$ redis-cli "):
+            text = text[2:]
+            while text.endswith("\\") and i < len(lines):
+                text = text[:-1] + " " + lines[i].strip()
+                i += 1
+            commands.append(text)
+    return commands
+
+
+def test_hand_written_redis_cli_recipe_is_processed(make, namespace, recorder):
+    """The README's HSET-then-RPUSH recipe, exactly as printed (in a test namespace), runs an actor."""
+    recipe = [c for c in readme_redis_cli_commands() if shlex.split(c)[1].upper() in ("HSET", "RPUSH")]
+    assert [shlex.split(c)[1].upper() for c in recipe] == ["HSET", "RPUSH"], recipe
+    assert all("'{greenq:default}." in c for c in recipe), "the README's recipe no longer uses the default keys"
+    payload = json.loads(shlex.split(recipe[0])[4])
+    message_id = shlex.split(recipe[0])[3]
+    assert payload["message_id"] == message_id == shlex.split(recipe[1])[3]
     broker = make()
 
-    @greenq.actor(queue_name=queue_name, broker=broker, actor_name="add")
+    @greenq.actor(queue_name=payload["queue_name"], broker=broker, actor_name=payload["actor_name"])
     def add(x, y):
         recorder.add(x + y)
 
-    message_id = str(uuid.uuid4())
-    payload = json.dumps({"queue_name": queue_name, "actor_name": "add", "args": [1, 2], "kwargs": {},
-                          "options": {}, "message_id": message_id, "message_timestamp": 1498557015410})
-    prefix = "{%s:%s}" % (namespace, queue_name)
-    for command in (["HSET", f"{prefix}.msgs", message_id, payload], ["RPUSH", f"{prefix}.queue", message_id]):
-        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", *command], check=True,
-                       stdout=subprocess.DEVNULL)
+    url = urlsplit(REDIS_URL)
+    server = f"redis-cli -h {url.hostname or '127.0.0.1'} -p {url.port or 6379} -n {(url.path or '/0')[1:] or 0} "
+    for command in recipe:
+        assert command.startswith("redis-cli ")
+        line = server + command[len("redis-cli "):].replace("{greenq:default}", "{%s:default}" % namespace)
+        done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stdout.strip() == "1", (line, done.stdout, done.stderr)
+    assert broker.queue_counts("default")["ready"] == 1
     worker = greenq.Worker(broker, worker_timeout=100)
     worker.start()
     try:
-        assert recorder.wait_for(1) == [3]
+        assert recorder.wait_for(1) == [sum(payload["args"])]
+        worker.join(10000)
     finally:
         worker.stop(timeout=5000)
+    assert broker.queue_counts("default") == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
 
 
 # --- bad input -----------------------------------------------------------------------------
