@@ -6,7 +6,7 @@ Patches gevent first, then runs an in-process ``Worker`` whose actor appends
 the message's number to LEDGER_PATH (one ``O_APPEND`` write per line, so lines
 from several processes never interleave) after sleeping SLEEP_MS. Prints
 ``ready`` once consuming; TERM stops it gracefully and prints the broker's
-``db_stats()`` as JSON.
+``db_stats()`` as JSON. Warnings (the reaper's, slow SQLite calls) go to stderr.
 """
 
 import sys
@@ -16,6 +16,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
@@ -29,6 +30,7 @@ def main():
     db_path, ledger_path, queue_name = sys.argv[1:4]
     greenlets = int(sys.argv[4]) if len(sys.argv) > 4 else 20
     sleep_ms = int(sys.argv[5]) if len(sys.argv) > 5 else 20
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     broker = SqliteBroker(path=db_path, heartbeat_timeout=1000)
     ledger = os.open(ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
