@@ -8,7 +8,11 @@ imported with the broker from ``BENCH_BROKER_URL``). Actions:
 ``load JOB --phase P --n N``  put N gated jobs on the queue as fast as the
     system allows (greenq: ``send_many``); the timed part is processing.
 ``enqueue --n N``  time N ``send()`` calls one by one, then (greenq only) N
-    through the batch API, to a queue no worker reads; then purge it.
+    through the batch API, to a queue no worker reads (purged after each
+    figure). On RabbitMQ, also N ``send()`` calls through a second broker with
+    publisher confirms the other way round from the system's default (greenq:
+    ``confirm_delivery=False``; Dramatiq: ``confirm_delivery=True``), so both
+    systems have a figure with confirms and one without.
 ``latency --n N --spacing MS``  send one latency job every MS milliseconds.
 
 Prints one JSON line. No gevent here: a plain producer process, as a web app
@@ -18,6 +22,7 @@ that enqueues would be.
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 
@@ -57,21 +62,37 @@ def _purge(system, app):
             conn.default_channel.queue_purge(app.ENQUEUE_QUEUE)
 
 
-def enqueue(system, app, n):
-    task = app.enqueued
+def _one_by_one(system, task, n):
     _send(system, task, -1)  # connect and declare outside the clock
     start = time.perf_counter()
     for i in range(n):
         _send(system, task, i)
-    one = n / (time.perf_counter() - start)
-    batch = None
+    return n / (time.perf_counter() - start)
+
+
+def enqueue(system, app, n):
+    result = {"one_by_one": _one_by_one(system, app.enqueued, n), "batch": None}
+    _purge(system, app)
     if system == "greenq":
+        task = app.enqueued
         start = time.perf_counter()
         for first in range(0, n, CHUNK):
             task.send_many([(i,) for i in range(first, min(n, first + CHUNK))])
-        batch = n / (time.perf_counter() - start)
-    _purge(system, app)
-    return {"one_by_one": one, "batch": batch}
+        result["batch"] = n / (time.perf_counter() - start)
+        _purge(system, app)
+    if system != "celery" and os.environ["BENCH_BROKER_URL"].startswith("amqp"):
+        # the default's figure is the one for its own setting; measure the other setting
+        default = bool(app.broker.confirm_delivery)
+        other_broker = app.make_broker(confirm_delivery=not default)
+        try:
+            other = _one_by_one(system, app.enqueued_on(other_broker), n)
+        finally:
+            other_broker.close()
+        _purge(system, app)
+        result["default_confirms"] = default
+        result["confirmed"], result["unconfirmed"] = ((result["one_by_one"], other) if default
+                                                      else (other, result["one_by_one"]))
+    return result
 
 
 def latency(system, app, n, spacing_ms):
