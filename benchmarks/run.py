@@ -14,8 +14,11 @@ idle pickup latency, then for noop, scrape and scrape with a keep-alive
 Session: enqueue N gated jobs, let the workers prefetch them and block at the
 gate, read the workers' CPU, open the gate, and time until the N-th job ends.
 Then the peak RSS of the largest worker process, the broker connections seen
-during scrape, the enqueue rates from one producer process, and a second short
-scrape at ``--small-threads`` to show whether connections grow with ``-t``.
+during scrape, the enqueue rates from one producer process (on RabbitMQ also with publisher
+confirms on and off for both systems, whatever their defaults), and a second
+short scrape at ``--small-threads`` to show whether connections grow with ``-t``.
+A case that fails for any reason becomes a row with an ``error`` note and the
+run goes on; whatever stops the run, the rows measured so far are written.
 
 Isolation on shared servers: greenq's Redis keys sit under a per-run
 namespace in db 0; Dramatiq and Celery use Redis db 15 (``--peer-redis-db``)
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 
 from . import peers, procs, report
@@ -81,22 +85,37 @@ class Run:
     def vhost_url(self):
         if self.vhost is None:
             name = f"greenq-bench-{self.id}"
-            for cmd in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
-                subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True, timeout=60)
-            self.vhost = name
+            subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True, timeout=60)
+            self.vhost = name  # from here on close() deletes it, even if the next step fails
+            subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                           check=True, capture_output=True, timeout=60)
         return f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
 
-    def close(self):
+    def close(self, keep_logs=False):
+        """Stop the page server, delete the vhost, flush the peers' db; each step runs even if one fails."""
+        def step(what, fn):
+            try:
+                fn()
+            except Exception as e:
+                log(f"cleanup: {what} failed: {type(e).__name__}: {e}")
+
         if self.server is not None:
-            procs.stop_group(self.server)
+            step("stopping the page server", lambda: procs.stop_group(self.server))
         if self.vhost is not None:
-            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], capture_output=True, timeout=60)
+            step(f"deleting vhost {self.vhost}", self._delete_vhost)
         if self.used_peer_redis:
             import redis
 
-            redis.Redis.from_url(f"{REDIS}/{self.args.peer_redis_db}").flushdb()
-        if not self.args.keep_logs:
+            step(f"flushing Redis db {self.args.peer_redis_db}",
+                 lambda: redis.Redis.from_url(f"{REDIS}/{self.args.peer_redis_db}").flushdb())
+        if not keep_logs:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _delete_vhost(self):
+        done = subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], capture_output=True, text=True,
+                              timeout=60)
+        if done.returncode != 0:
+            raise BenchError(done.stderr.strip()[-300:] or f"rabbitmqctl exited with {done.returncode}")
 
 
 def _env(extra):
@@ -313,11 +332,59 @@ class Case:
 
 # --- the whole run ------------------------------------------------------------------------
 
+def failure_note(exc):
+    """One line saying why a case failed: a BenchError's first line, or the exception's type and text."""
+    if isinstance(exc, BenchError):
+        return str(exc).splitlines()[0]
+    if isinstance(exc, subprocess.TimeoutExpired):
+        cmd = exc.cmd if isinstance(exc.cmd, (list, tuple)) else [exc.cmd]
+        shown = " ".join([os.path.basename(str(cmd[0]))] + [str(a) for a in cmd[1:]])
+        return f"TimeoutExpired: `{shown}` did not finish within {exc.timeout:g} s"
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
+
+
+def _fail(exc, where=""):
+    note = failure_note(exc)
+    if isinstance(exc, BenchError):
+        log(f"   FAILED{where}: {exc}")
+    else:  # not a measuring failure the benchmark foresaw: keep the traceback in the log
+        log(f"   FAILED{where} with an unexpected error:\n{traceback.format_exc().rstrip()}")
+    return note
+
+
+def _tidy(case):
+    """Stop a case's processes and drop its keys; a failure here is logged, never raised."""
+    for step in (case.stop, case.cleanup):
+        try:
+            step()
+        except Exception as e:
+            log(f"   {case.label}: {step.__name__} failed: {failure_note(e)}")
+
+
+def _enqueue(case, args, row):
+    enq = case.produce("enqueue", "--n", args.enqueue_n)
+    row["enqueue_one"] = enq["one_by_one"]
+    row["enqueue_batch"] = enq["batch"]
+    text = f"   {'enqueue':<10} {enq['one_by_one']:8.0f} send()/s one by one"
+    if enq.get("batch"):
+        text += f", {enq['batch']:.0f}/s in batches"
+    if "confirmed" in enq:
+        row["enqueue_one_confirmed"] = enq["confirmed"]
+        row["enqueue_one_unconfirmed"] = enq["unconfirmed"]
+        row["enqueue_default_confirms"] = enq["default_confirms"]
+        text += (f"; publisher confirms on {enq['confirmed']:.0f}/s, off {enq['unconfirmed']:.0f}/s"
+                 f" (default: {'on' if enq['default_confirms'] else 'off'})")
+    log(text)
+
+
 def measure_case(run, system, broker, args):
+    """One row for a system on a broker; a failure anywhere marks the row failed (with a note), never raises."""
     row = {"system": system, "broker": broker}
-    case = Case(run, system, broker, args.threads)
-    log(f"== {case.label}: {args.processes} x {args.threads} greenlets")
+    log(f"== {system}/{broker}: {args.processes} x {args.threads} greenlets")
+    case = None
     try:
+        case = Case(run, system, broker, args.threads)
         case.start()
         if system != "bare":
             lat = case.latency(args.latency_samples, args.latency_spacing)
@@ -333,26 +400,24 @@ def measure_case(run, system, broker, args):
                 + (f"  {result['conns']} broker conns" if case.port else ""))
         row["rss_mib"] = case.peak_rss_mib()
         if system != "bare":
-            enq = case.produce("enqueue", "--n", args.enqueue_n)
-            row["enqueue_one"] = enq["one_by_one"]
-            row["enqueue_batch"] = enq["batch"]
-    except BenchError as e:
-        row["error"] = str(e).splitlines()[0]
-        log(f"   FAILED: {e}")
+            _enqueue(case, args, row)
+    except Exception as e:
+        row["error"] = _fail(e)
     finally:
-        case.stop()
-        case.cleanup()
+        if case is not None:
+            _tidy(case)
     if "error" not in row and case.port and args.small_threads:
-        small = Case(run, system, broker, args.small_threads, tag=f"@t{args.small_threads}")
+        small = None
         try:
+            small = Case(run, system, broker, args.small_threads, tag=f"@t{args.small_threads}")
             small.start()
             result = small.throughput("scrape", max(50, args.n // 4))
             row["conns_small_t"] = result["conns"]
-        except BenchError as e:
-            log(f"   FAILED at -t {args.small_threads}: {e}")
+        except Exception as e:
+            row["conns_small_t_error"] = _fail(e, where=f" at -t {args.small_threads}")
         finally:
-            small.stop()
-            small.cleanup()
+            if small is not None:
+                _tidy(small)
     return row
 
 
@@ -396,9 +461,15 @@ def main(argv=None):
         elif not peers.available():
             log(f"Skipping {', '.join(peer_systems)}: {peers.VENV} is missing (add --install-peers).")
             args.systems = [s for s in args.systems if s not in peer_systems]
+        if any(s in args.systems for s in peer_systems):
+            wrong = peers.mismatches()
+            if wrong:
+                log(f"Note: the peers are not at benchmarks/peers.py's pins ({'; '.join(wrong)}); "
+                    "python -m benchmarks.peers installs the pinned versions.")
     cases = [(s, b) for s, b in CASES if s in args.systems and (b in args.brokers or b == "none")]
     run = Run(args)
     rows = []
+    complete = False
     try:
         run.start_server()
         for rep in range(1, args.repeat + 1):
@@ -406,17 +477,30 @@ def main(argv=None):
                 row = measure_case(run, system, broker, args)
                 row["rep"] = rep
                 rows.append(row)
-    finally:
-        run.close()
+        complete = True
+    finally:  # whatever stopped the run (Ctrl-C, a server that did not start), the rows so far are written
+        failed = not complete or any("error" in r for r in rows)
+        run.close(keep_logs=args.keep_logs or failed)
+        finish(rows, args, run, complete)
+    return 1 if failed else 0
+
+
+def finish(rows, args, run, complete=True):
+    """Write the rows (JSON, CSV, PNG) and print the table and the targets."""
+    if not rows:
+        log("No case finished: nothing to write.")
+        return []
+    if not complete:
+        log(f"The run stopped early: writing the {len(rows)} case(s) measured so far.")
     meta = {"n": args.n, "processes": args.processes, "threads": args.threads, "repeat": args.repeat,
             "cpus": os.cpu_count(), "python": sys.version.split()[0], "peers": peers.versions(),
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "run_id": run.id, "complete": complete, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     paths = report.write(rows, meta, args.out, chart=not args.no_chart)
     print(report.table(rows))
     print()
     print(report.targets_text(report.targets(rows)))
     for path in paths:
         print(f"wrote {path}")
-    if args.keep_logs:
+    if os.path.isdir(run.dir):
         print(f"logs in {run.dir}")
-    return 1 if any("error" in r for r in rows) else 0
+    return paths
