@@ -5,15 +5,20 @@ existing ``benchmarks/.venv-peers`` (``python -m benchmarks.peers``): the suite
 never installs them, so it stays fast and offline.
 """
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from support import require_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks import peers, report, run  # noqa: E402
 TINY = ["--n", "60", "-t", "20", "--latency-samples", "5", "--latency-spacing", "5", "--enqueue-n", "40",
         "--no-chart"]
 
@@ -27,6 +32,25 @@ def run_benchmarks(tmp_path, *args):
     assert len(list(out.glob("*.csv"))) == 1
     data = json.loads(json_path.read_text())
     return data, done.stdout
+
+
+def require_rabbitmq():
+    require_server("RabbitMQ", "127.0.0.1", 5672)
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not on PATH (the benchmark makes a vhost per run with it)")
+
+
+def vhosts():
+    done = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def check_rabbitmq_sends(row, confirms_by_default):
+    assert row["enqueue_default_confirms"] is confirms_by_default
+    assert row["enqueue_one_confirmed"] > 0 and row["enqueue_one_unconfirmed"] > 0
+    default = "enqueue_one_confirmed" if confirms_by_default else "enqueue_one_unconfirmed"
+    assert row[default] == row["enqueue_one"]  # the default's own figure, not a second run of it
 
 
 def check_row(row, system, with_bare=True):
@@ -59,39 +83,131 @@ def test_greenq_on_redis_counts_connections(tmp_path):
     (row,) = data["rows"]
     check_row(row, "greenq", with_bare=False)
     assert row["conns"] >= 1 and row["conns_small_t"] >= 1
+    # flat: 2 x 20 greenlets busy at once hold no more connections than 2 x 5 (a pool per greenlet would)
+    assert row["conns"] <= row["conns_small_t"] + report.CONNS_MARGIN, row
+
+
+def test_greenq_on_rabbitmq_in_its_own_vhost(tmp_path):
+    require_rabbitmq()
+    data, stdout = run_benchmarks(tmp_path, "--systems", "greenq", "--brokers", "rabbitmq", "--small-threads", "0")
+    (row,) = data["rows"]
+    check_row(row, "greenq", with_bare=False)
+    check_rabbitmq_sends(row, confirms_by_default=True)
+    assert row["conns"] >= 1
+    assert "send conf/s" in stdout and "send unconf/s" in stdout
+    vhost = f"greenq-bench-{data['meta']['run_id']}"
+    assert vhost not in vhosts()  # the run made it (the workers ran in it) and deleted it
 
 
 @pytest.mark.skipif(os.environ.get("GREENQ_BENCH_PEERS") != "1", reason="set GREENQ_BENCH_PEERS=1 to run the peers")
 def test_peers_side_by_side(tmp_path):
-    sys.path.insert(0, ROOT)
-    from benchmarks import peers
-
     if not peers.available():
         pytest.skip(f"{peers.VENV} is missing: python -m benchmarks.peers creates it")
     require_server("Redis", "127.0.0.1", 6379)
-    data, _ = run_benchmarks(tmp_path, "--systems", "bare,greenq,dramatiq,celery", "--brokers", "redis",
+    require_rabbitmq()
+    data, _ = run_benchmarks(tmp_path, "--systems", "bare,greenq,dramatiq,celery", "--brokers", "redis,rabbitmq",
                              "--small-threads", "0")
     rows = {(r["system"], r["broker"]): r for r in data["rows"]}
     for system in ("greenq", "dramatiq", "celery"):
         check_row(rows[system, "redis"], system)
+    for system, confirms in (("greenq", True), ("dramatiq", False)):
+        check_row(rows[system, "rabbitmq"], system)
+        check_rabbitmq_sends(rows[system, "rabbitmq"], confirms_by_default=confirms)
+    names = {t[1] for t in data["targets"]}
+    assert "send() >= dramatiq's (rabbitmq, both with publisher confirms)" in names
+    assert "send() >= dramatiq's (rabbitmq, both without publisher confirms)" in names
+    assert "send() >= dramatiq's (redis)" in names
+
+
+def _chart_python():
+    """An interpreter whose matplotlib imports: this one, else the peers' virtualenv's (as report.make_chart does)."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        return sys.executable
+    if os.path.exists(peers.python()):
+        check = subprocess.run([peers.python(), "-c", "import matplotlib"], capture_output=True)
+        if check.returncode == 0:
+            return peers.python()
+    return None
+
+
+def test_chart_is_drawn(tmp_path):
+    if _chart_python() is None:
+        pytest.skip("matplotlib imports neither here nor in benchmarks/.venv-peers: the chart is skipped")
+    rows = [dict(row, rep=1) for row in SAMPLE_ROWS]
+    rows.append({"system": "greenq", "broker": "sqlite", "rep": 1, "error": "a failed case is left out"})
+    meta = {"n": 60, "processes": 2, "threads": 20, "repeat": 1, "cpus": 2, "when": "now"}
+    paths = report.write(rows, meta, str(tmp_path), chart=True)
+    pngs = [p for p in paths if p.endswith(".png")]
+    assert len(pngs) == 1, paths
+    with open(pngs[0], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _fail_in_start(monkeypatch, log_dir, exc_for):
+    """Case.start raises ``exc_for(call number)`` (if not None) instead of starting any process."""
+    calls = []
+    log_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(log_dir))  # a failed run keeps its logs: keep them in the test's
+
+    def start(case):
+        calls.append(case.label)
+        exc = exc_for(len(calls))
+        if exc is not None:
+            raise exc
+
+    monkeypatch.setattr(run.Case, "start", start)
+    monkeypatch.setattr(run.Case, "latency", lambda case, *a: {"p50": 1.0, "p99": 2.0})
+    monkeypatch.setattr(run.Case, "throughput", lambda case, *a, **k: {"rate": 100.0, "cpu_ms": 0.1, "conns": 0})
+    monkeypatch.setattr(run.Case, "produce", lambda case, *a, **k: {"one_by_one": 10.0, "batch": 20.0})
+    return calls
+
+
+def test_an_unexpected_error_fails_one_case_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    timeout = subprocess.TimeoutExpired([sys.executable, "-m", "benchmarks.producer", "greenq", "enqueue"], 300)
+    calls = _fail_in_start(monkeypatch, tmp_path / "logs", lambda i: timeout if i == 1 else None)
+    code = run.main(["--systems", "greenq", "--brokers", "sqlite", "--repeat", "2", "--no-chart",
+                     "--out", str(tmp_path)])
+    assert code == 1 and len(calls) == 2
+    (json_path,) = tmp_path.glob("*.json")
+    data = json.loads(json_path.read_text())
+    first, second = data["rows"]
+    assert first["error"].startswith("TimeoutExpired:") and "300 s" in first["error"]
+    assert "error" not in second and second["noop_rate"] == 100.0
+    assert data["meta"]["complete"] is True
+    assert "TimeoutExpired" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_still_writes_its_rows(tmp_path, monkeypatch):
+    _fail_in_start(monkeypatch, tmp_path / "logs", lambda i: KeyboardInterrupt() if i == 2 else None)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(["--systems", "greenq", "--brokers", "sqlite", "--repeat", "3", "--no-chart", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    data = json.loads(json_path.read_text())
+    assert [r["rep"] for r in data["rows"]] == [1] and "error" not in data["rows"][0]
+    assert data["meta"]["complete"] is False
+
+
+BASE = {"noop_cpu_ms": 0.02, "scrape_cpu_ms": 1.0, "scrape_ka_cpu_ms": 0.8, "rss_mib": 40}
+SAMPLE_ROWS = [
+    {"system": "bare", "broker": "none", "noop_rate": 10000, "scrape_rate": 900, "scrape_ka_rate": 1500, **BASE},
+    {"system": "greenq", "broker": "redis", "noop_rate": 8000, "noop_cpu_ms": 0.06,
+     "scrape_rate": 880, "scrape_cpu_ms": 1.1, "scrape_ka_rate": 1400, "scrape_ka_cpu_ms": 0.9,
+     "latency_p50_ms": 2, "latency_p99_ms": 30, "enqueue_one": 5000, "enqueue_batch": 50000,
+     "rss_mib": 50, "conns": 4, "conns_small_t": 4},
+    {"system": "dramatiq", "broker": "redis", "noop_rate": 1000, "noop_cpu_ms": 0.4,
+     "scrape_rate": 400, "scrape_cpu_ms": 1.9, "scrape_ka_rate": 800, "scrape_ka_cpu_ms": 1.2,
+     "latency_p50_ms": 8, "latency_p99_ms": 100, "enqueue_one": 4000, "rss_mib": 55},
+    {"system": "greenq", "broker": "rabbitmq", "noop_rate": 7000, "scrape_rate": 870, "scrape_ka_rate": 1400,
+     "enqueue_one": 900, "enqueue_one_confirmed": 900, "enqueue_one_unconfirmed": 9000,
+     "enqueue_default_confirms": True, "enqueue_batch": 9000},
+    {"system": "dramatiq", "broker": "rabbitmq", "noop_rate": 900, "scrape_rate": 400, "scrape_ka_rate": 800,
+     "enqueue_one": 8000, "enqueue_one_confirmed": 800, "enqueue_one_unconfirmed": 8000,
+     "enqueue_default_confirms": False},
+]
 
 
 def test_targets_are_ratios_within_one_repetition():
-    sys.path.insert(0, ROOT)
-    from benchmarks import report
-
-    base = {"noop_cpu_ms": 0.02, "scrape_cpu_ms": 1.0, "scrape_ka_cpu_ms": 0.8, "rss_mib": 40}
-    rows = [
-        {"system": "bare", "broker": "none", "rep": 1, "noop_rate": 10000, "scrape_rate": 900,
-         "scrape_ka_rate": 1500, **base},
-        {"system": "greenq", "broker": "redis", "rep": 1, "noop_rate": 8000, "noop_cpu_ms": 0.06,
-         "scrape_rate": 880, "scrape_cpu_ms": 1.1, "scrape_ka_rate": 1400, "scrape_ka_cpu_ms": 0.9,
-         "latency_p50_ms": 2, "latency_p99_ms": 30, "enqueue_one": 5000, "enqueue_batch": 50000,
-         "rss_mib": 50, "conns": 4, "conns_small_t": 4},
-        {"system": "dramatiq", "broker": "redis", "rep": 1, "noop_rate": 1000, "noop_cpu_ms": 0.4,
-         "scrape_rate": 400, "scrape_cpu_ms": 1.9, "scrape_ka_rate": 800, "scrape_ka_cpu_ms": 1.2,
-         "latency_p50_ms": 8, "latency_p99_ms": 100, "enqueue_one": 4000, "rss_mib": 55},
-    ]
+    rows = [dict(row, rep=1) for row in SAMPLE_ROWS]
     results = {name: ok for _, name, _, ok in report.targets(rows)}
     assert results["noop >= 2x dramatiq (redis)"] is True
     assert results["noop >= 75% of bare pool (redis)"] is True
@@ -101,5 +217,23 @@ def test_targets_are_ratios_within_one_repetition():
     assert results["idle latency p50 < 5 ms, p99 < 20 ms (redis)"] is False
     assert results["batch >= 10x dramatiq send() (redis)"] is True
     assert results["worker RSS <= dramatiq's (redis)"] is True
-    assert "MISS" in report.targets_text(report.targets(rows))
-    assert "q-cpu scrape" in report.table(rows)
+    assert results["send() >= dramatiq's (redis)"] is True
+    text = report.targets_text(report.targets(rows))
+    assert "MISS" in text
+    table = report.table(rows)
+    assert "q-cpu scrape" in table and "send conf/s" in table and "send unconf/s" in table
+
+
+def test_rabbitmq_send_target_compares_like_with_like():
+    rows = [dict(row, rep=1) for row in SAMPLE_ROWS if row["broker"] == "rabbitmq"]
+    results = {name: (text, ok) for _, name, text, ok in report.targets(rows)}
+    assert results["send() >= dramatiq's (rabbitmq, both with publisher confirms)"] == ("1.12x (900 vs 800/s)", True)
+    assert results["send() >= dramatiq's (rabbitmq, both without publisher confirms)"] == (
+        "1.12x (9000 vs 8000/s)", True)
+    assert not any(name == "send() >= dramatiq's (rabbitmq)" for name in results)  # defaults vs defaults: unfair
+    # a run saved before the confirm columns existed still reads, labelled with how the defaults differ
+    for row in rows:
+        for key in ("enqueue_one_confirmed", "enqueue_one_unconfirmed"):
+            row.pop(key)
+    names = [name for _, name, _, _ in report.targets(rows) if name.startswith("send()")]
+    assert names == ["send() >= dramatiq's (rabbitmq, defaults: greenq confirms, dramatiq does not)"]
