@@ -1,6 +1,6 @@
 """No-op and IO-bound throughput of RedisBroker with an in-process gevent Worker.
 
-    python benchmarks/bench_redis.py [--url redis://127.0.0.1:6379/0] [--messages 5000]
+    python benchmarks/bench_redis.py [--url redis://127.0.0.1:6379/0] [--messages 20000]
 
 The measuring runs in a subprocess that patches gevent first (as greenq-gevent
 does). For each workload it enqueues the messages with ``send_many`` (timed
