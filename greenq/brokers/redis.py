@@ -48,6 +48,23 @@ def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
+def blocking_wait(client, seconds):
+    """How long one blocking command (``BLMOVE``) may wait on ``client``: ``seconds``, capped at half its
+    socket timeout.
+
+    redis-py 8 reads with a 5 s socket timeout by default, so a longer block ends in a
+    ``TimeoutError`` although the connection is fine. Callers loop until their own
+    deadline instead; the cost is one more round trip per idle slice.
+    """
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs is None:  # RedisCluster
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None) or {}
+    timeout = kwargs.get("socket_timeout", 5.0)  # absent: the connection class's default, 5 s in redis-py 8
+    if timeout is None:
+        return seconds
+    return min(seconds, max(0.01, timeout / 2))
+
+
 def _is_cluster(client):
     from redis.cluster import RedisCluster
 
@@ -398,7 +415,8 @@ class _RedisConsumer(Consumer):
                 return []
             if wait >= 0.01:
                 with broker.translated(f"waiting on queue {self.queue_name!r}"):
-                    self._client().blmove(self.queue_key, self.queue_key, wait, "RIGHT", "RIGHT")
+                    client = self._client()
+                    client.blmove(self.queue_key, self.queue_key, blocking_wait(client, wait), "RIGHT", "RIGHT")
             elif wait > 0:
                 time.sleep(wait)
 

@@ -7,6 +7,8 @@ blocked connection and no polling, and any number of waiters see the same value.
 Each key stands alone, so Redis Cluster serves it as is.
 """
 
+import time
+
 from .backend import ResultBackend
 from ..redis_client import given_or_new_client
 
@@ -75,11 +77,19 @@ class RedisBackend(ResultBackend):
         return self._translated(key, self.client.lindex, key, 0)
 
     def _wait(self, message_id, timeout):
+        from ..brokers.redis import blocking_wait
+
         key = self.key(message_id)
+        deadline = time.monotonic() + timeout
         data = self._load(message_id)
-        if data is not None or timeout <= 0:
-            return data
-        return self._translated(key, self.client.blmove, key, key, max(timeout, 0.01), "RIGHT", "RIGHT")
+        while data is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # In slices shorter than the client's socket timeout, which would otherwise cut a long wait short.
+            data = self._translated(key, self.client.blmove, key, key, blocking_wait(self.client, max(left, 0.01)),
+                                    "RIGHT", "RIGHT")
+        return data
 
     def close(self):
         if self._owns_client:
