@@ -160,3 +160,28 @@ def test_redis_result_key_holding_a_foreign_type_is_a_clear_error(redis_backend,
         assert redis_backend.get_result("m-foreign") == 7
     finally:
         redis_backend.client.delete(key)
+
+
+def test_redis_waiter_may_wait_longer_than_the_socket_timeout():
+    """redis-py reads with a socket timeout (5 s by default); get_result(block=True) waits in slices."""
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    from greenq.results.redis import RedisBackend
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=0.5)
+    backend = RedisBackend(client=client, namespace=f"greenq-test-results-{uuid.uuid4().hex[:8]}")
+    try:
+        start = time.monotonic()
+        with pytest.raises(ResultTimeout):
+            backend.get_result("m-never", block=True, timeout=1200)
+        assert time.monotonic() - start >= 1.2
+        late = threading.Timer(1.0, lambda: backend.store_result("m-late", "done", 60000))
+        late.start()
+        try:
+            assert backend.get_result("m-late", block=True, timeout=20000) == "done"
+        finally:
+            late.join()
+    finally:
+        backend.client.delete(backend.key("m-late"))
+        client.close()
