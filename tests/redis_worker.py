@@ -1,10 +1,10 @@
 """A worker process on RedisBroker under gevent, driven by tests/test_redis_broker.py.
 
-Usage: python tests/redis_worker.py URL NAMESPACE QUEUE HEARTBEAT_MS MODE [THREADS]
+Usage: python tests/redis_worker.py URL NAMESPACE QUEUE HEARTBEAT_MS MODE [THREADS] [HOG_MS]
 
 MODE ``sleep``: the ``hold`` actor records its start then sleeps (for kill -9 and
-graceful stop); MODE ``hog``: it spins on the CPU for 3 heartbeat timeouts
-without yielding, then records that it finished. The process stops gracefully
+graceful stop); MODE ``hog``: it spins on the CPU for HOG_MS (default 3 heartbeat
+timeouts) without yielding, then records that it finished. The process stops gracefully
 when the test pushes to ``<ns>:stop``. Progress is written to Redis lists ``<ns>:started``,
 ``<ns>:finished``, ``<ns>:ready`` and ``<ns>:stopped``.
 """
@@ -26,14 +26,15 @@ def main():
     url, namespace, queue, heartbeat, mode = sys.argv[1:6]
     threads = int(sys.argv[6]) if len(sys.argv) > 6 else 5
     heartbeat = int(heartbeat)
+    hog_ms = int(sys.argv[7]) if len(sys.argv) > 7 else 3 * heartbeat
     broker = RedisBroker(url, namespace=namespace, heartbeat_timeout=heartbeat)
-    marks = redis.Redis.from_url(url)
+    marks = redis.Redis.from_url(url, socket_timeout=None)  # it waits for ``stop`` as long as the test takes
 
     @greenq.actor(queue_name=queue, broker=broker, actor_name="hold")
     def hold(i):
         marks.rpush(f"{namespace}:started", i)
         if mode == "hog":
-            end = time.perf_counter() + 3 * heartbeat / 1000
+            end = time.perf_counter() + hog_ms / 1000
             while time.perf_counter() < end:  # never yields to the hub
                 pass
             marks.rpush(f"{namespace}:finished", i)

@@ -84,10 +84,11 @@ def wait_list(raw, key, count, timeout=30):
     return [int(x) for x in raw.lrange(key, 0, -1)]
 
 
-def start_worker_process(namespace, queue_name, heartbeat, mode, threads=5):
+def start_worker_process(namespace, queue_name, heartbeat, mode, threads=5, hog_ms=None):
+    extra = [] if hog_ms is None else [str(hog_ms)]
     return subprocess.Popen(
         [sys.executable, os.path.join(HERE, "redis_worker.py"), REDIS_URL, namespace, queue_name,
-         str(heartbeat), mode, str(threads)],
+         str(heartbeat), mode, str(threads), *extra],
         stderr=subprocess.DEVNULL)
 
 
@@ -146,16 +147,22 @@ def test_graceful_stop_of_a_worker_process_requeues_at_once(make, raw, namespace
 
 
 def test_a_greenlet_hogging_the_hub_does_not_lose_its_message(make, raw, namespace, queue_name):
-    broker = make(heartbeat_timeout=1000)
+    timeout = 2000  # ms; the heartbeat thread beats every third of it, so a lapse needs three missed beats
+    broker = make(heartbeat_timeout=timeout)
     broker.enqueue(message_for(queue_name, "hold", (7,)))
-    proc = start_worker_process(namespace, queue_name, 1000, "hog", threads=1)
+    # Twice the timeout, and under redis-py's 5 s socket timeout, which the blocked hub would also outlast.
+    proc = start_worker_process(namespace, queue_name, timeout, "hog", threads=1, hog_ms=2 * timeout)
     try:
         wait_list(raw, f"{namespace}:started", 1)
+        started = time.monotonic()  # the hub has been blocked since a little before this
         rival = broker.consume(queue_name)
-        stolen = []
+        stolen, last_reap = [], started
         while raw.llen(f"{namespace}:finished") == 0 and proc.poll() is None:
             stolen += rival.fetch(1, 0.2)  # reaps, if the hogging worker looked dead
+            last_reap = time.monotonic()
         assert stolen == [], "the message was taken from a live worker whose hub was busy"
+        # The rival's reaper ran after the hog had been going for well over the heartbeat timeout.
+        assert last_reap - started > 1.25 * timeout / 1000, "the hog ended too soon to prove anything"
         assert wait_list(raw, f"{namespace}:finished", 1) == [7]
         rival.close()
         raw.rpush(f"{namespace}:stop", 1)
@@ -327,8 +334,8 @@ def test_delayed_messages_are_promoted_exactly_once_with_racing_consumers(make, 
     assert {m.message_id for m in got} == {m.message_id for m in sent}
 
 
-def test_requeued_high_priority_message_wakes_a_blocked_consumer(make, queue_name):
-    broker = make()
+def test_requeued_high_priority_message_wakes_a_blocked_consumer(make, raw, queue_name):
+    broker = make(socket_timeout=None)  # one unbroken BLMOVE, so only a wake-up can end it early
 
     @greenq.actor(queue_name=queue_name, broker=broker, priority=3)
     def urgent():
@@ -338,15 +345,49 @@ def test_requeued_high_priority_message_wakes_a_blocked_consumer(make, queue_nam
     first = broker.consume(queue_name)
     (held,) = fetch_all(first, 1)
     waiter = broker.consume(queue_name)
-    result = []
-    thread = threading.Thread(target=lambda: result.extend(waiter.fetch(1, 10)))
+    name = f"waiter-{uuid.uuid4().hex[:8]}"
+    waiter._client().client_setname(name)  # its own one-connection pool: the BLMOVE runs on this connection
+    result, returned = [], threading.Event()
+
+    def wait():
+        result.extend(waiter.fetch(1, 30))
+        returned.set()
+
+    thread = threading.Thread(target=wait)
     thread.start()
+    deadline = time.monotonic() + 20
+    while not any(c.get("name") == name and c.get("cmd") == "blmove" and "b" in c.get("flags", "")
+                  for c in raw.client_list()):
+        assert time.monotonic() < deadline and not returned.is_set(), "the waiter never blocked in BLMOVE"
+        time.sleep(0.01)  # another client's state in Redis, which no event announces
+    requeued_at = time.monotonic()
     first.requeue([held])
-    thread.join(15)
+    assert returned.wait(10), "the blocked consumer was not woken by the requeue"
+    woke_after = time.monotonic() - requeued_at
+    thread.join(10)
     assert [m.message_id for m in result] == [held.message_id]
+    assert woke_after < 5, f"woken {woke_after:.1f} s after the requeue: it waited out its block, not woken"
     waiter.ack(result)
     first.close()
     waiter.close()
+
+
+def test_a_fetch_may_wait_longer_than_the_socket_timeout(make, queue_name):
+    """redis-py reads with a socket timeout (5 s by default): a longer blocking wait is cut into slices."""
+    broker = make(socket_timeout=0.5)
+    consumer = broker.consume(queue_name)
+    start = time.monotonic()
+    assert consumer.fetch(1, 1.2) == []  # idle past two socket timeouts: no TimeoutError, just nothing
+    assert time.monotonic() - start >= 1.2
+    late = threading.Timer(1.0, lambda: broker.enqueue(message_for(queue_name)))  # after two socket timeouts
+    late.start()
+    try:
+        got = consumer.fetch(1, 20)
+    finally:
+        late.join()
+    assert len(got) == 1
+    consumer.ack(got)
+    consumer.close()
 
 
 # --- other languages ---------------------------------------------------------------------
