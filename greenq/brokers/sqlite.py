@@ -17,7 +17,7 @@ How it keeps the broker promises:
   opens a write transaction only when another connection has committed and a
   cheap read shows something ready or due. Enqueues in the same process wake
   consumers at once through a condition variable. The cost of an idle consumer
-  is one such check per poll (the default 5 ms: a few hundred microseconds of
+  is one such check per poll (the default 10 ms: a few hundred microseconds of
   CPU per second); the price is a cross-process pickup latency of about half a
   poll interval when idle.
 * **Crash safety.** Each broker that consumes registers an *owner* row and
@@ -25,7 +25,7 @@ How it keeps the broker promises:
   greenlet that hogs the hub does not make the process look dead. Fetch runs a
   reaper every so often: the messages of owners whose heartbeat is older than
   ``heartbeat_timeout`` go back to ready; past ``max_deliveries`` they are
-  dead-lettered with a failure that says so. Closing a consumer or the broker
+  dead-lettered with the failure ``MaxDeliveriesExceeded``, as on Redis. Closing a consumer or the broker
   requeues what it holds at once.
 * **The gevent hub.** A SQLite call blocks the thread that makes it, and under
   gevent that thread is the hub. Transactions are therefore tiny, batches are
@@ -613,7 +613,7 @@ class SqliteBroker(Broker):
         conn.executemany("UPDATE greenq_messages SET state = 0, owner = NULL, consumer = NULL WHERE id = ?", back)
         dead = [row for row in rows if row[3] >= self.max_deliveries]
         for row_id, queue, priority, deliveries, message_id, payload, owner in dead:
-            failure = (f"DeliveryLimit: delivered {deliveries} times to consumers that died or stalled "
+            failure = (f"MaxDeliveriesExceeded: delivered {deliveries} times to consumers that died or stalled "
                        f"(last: {owner}); dead-lettered after max_deliveries={self.max_deliveries}")
             logger.error("Dead-lettering message %s on queue %r: %s", message_id, queue, failure)
             conn.execute("DELETE FROM greenq_messages WHERE id = ?", (row_id,))
