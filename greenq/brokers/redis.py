@@ -488,7 +488,7 @@ class _RedisConsumer(Consumer):
             self._outstanding.difference_update(receipts)
 
     def _warn_unheld(self, verb, messages, settled):
-        """A stalled consumer whose messages were taken back settles nothing: the scripts skip what it no longer holds."""
+        """Warn about messages the scripts skipped: this consumer no longer held them (they were taken back)."""
         if settled is not None and int(settled) < len(messages):
             logger.warning(
                 "Did not %s %d of %d message(s) on queue %r: consumer %s no longer holds them; its heartbeat "
