@@ -282,7 +282,9 @@ class RabbitmqBroker(Broker):
             deaths = (properties.headers or {}).get("x-death") or [{}]
             death = deaths[0] if isinstance(deaths, list) and deaths else {}
             reason = _text(death.get("reason")) or "dead-lettered by RabbitMQ"
-            options.setdefault("failure", f"DeadLettered: RabbitMQ dead-lettered the message ({reason}) "
+            # A quorum queue's delivery limit is the same fault the other brokers name MaxDeliveriesExceeded.
+            kind = "MaxDeliveriesExceeded" if reason == "delivery_limit" else "DeadLettered"
+            options.setdefault("failure", f"{kind}: RabbitMQ dead-lettered the message ({reason}) "
                                           f"from queue {_text(death.get('queue')) or queue_name!r}")
             options.setdefault("failed_at", _millis(death.get("time")) or current_millis())
             message = message.copy(options=options)
