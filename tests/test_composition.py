@@ -1,7 +1,6 @@
-"""Pipelines, groups, completion callbacks and retry_on, with results, on the stub, Redis and SQLite."""
+"""Pipelines, groups and completion callbacks, with results, on the stub, Redis and SQLite."""
 
 import threading
-import uuid
 
 import pytest
 
@@ -10,47 +9,37 @@ from greenq.errors import ResultFailure, ResultTimeout
 from greenq.middleware import GroupCallbacks
 from greenq.results import Results, StubBackend
 
-from redis_helpers import REDIS_URL, require_server
+from conftest import make_broker
+from support import REDIS_URL
 
 
-def _broker_and_results(kind, tmp_path):
+def _results_backend(kind, broker):
     if kind == "stub":
-        from greenq.brokers.stub import StubBroker
-
-        broker = StubBroker()
-        return broker, StubBackend(), broker.close
+        return StubBackend()
     if kind == "sqlite":
-        from greenq.brokers.sqlite import SqliteBroker
         from greenq.results.sqlite import SqliteBackend
 
-        broker = SqliteBroker(path=str(tmp_path / "composition.sqlite3"))
-        return broker, SqliteBackend(broker=broker), broker.close
-    require_server("Redis", "127.0.0.1", 6379)
-    from greenq.brokers.redis import RedisBroker
+        return SqliteBackend(broker=broker)
     from greenq.results.redis import RedisBackend
 
-    namespace = f"greenq-test-comp-{uuid.uuid4().hex[:8]}"
-    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
-    results = RedisBackend(REDIS_URL, namespace=namespace)
-
-    def cleanup():
-        keys = list(broker.client.scan_iter(f"{namespace}:*")) + list(broker.client.scan_iter(f"{{{namespace}:*"))
-        if keys:
-            broker.client.delete(*keys)
-        results.close()
-        broker.close()
-
-    return broker, results, cleanup
+    return RedisBackend(REDIS_URL, namespace=broker.namespace)
 
 
 @pytest.fixture(params=["stub", "redis", "sqlite"])
 def setup(request, tmp_path):
-    broker, results, cleanup = _broker_and_results(request.param, tmp_path)
+    broker, cleanup = make_broker(request.param, tmp_path)
+    results = _results_backend(request.param, broker)
     broker.add_middleware(Results(backend=results, store_results=True))
     greenq.set_broker(broker)
     worker = greenq.Worker(broker, worker_threads=16, worker_timeout=100)
     yield broker, worker
     worker.stop(timeout=5000)
+    if request.param == "redis":  # results and group completions live beside the queues
+        keys = [k for pattern in (f"{broker.namespace}:*", f"{{{broker.namespace}:*")
+                for k in broker.client.scan_iter(pattern)]
+        if keys:
+            broker.client.delete(*keys)
+        results.close()
     cleanup()
 
 
@@ -186,27 +175,3 @@ def test_composition_refuses_bad_children():
         greenq.pipeline([1])
     with pytest.raises(ValueError, match="at least one"):
         greenq.group([])
-
-
-def test_retry_on_retries_only_the_listed_errors(stub_broker, stub_worker):
-    attempts = {"timeout": 0, "value": 0}
-
-    @greenq.actor(broker=stub_broker, max_retries=2, min_backoff=100, max_backoff=100, retry_on=(TimeoutError,))
-    def flaky(kind):
-        attempts[kind] += 1
-        raise TimeoutError("slow") if kind == "timeout" else ValueError("wrong")
-
-    flaky.send("timeout")
-    flaky.send("value")
-    stub_broker.join(flaky.queue_name)
-    stub_worker.join()
-    assert attempts == {"timeout": 3, "value": 1}
-    failures = sorted(m.options["failure"] for m in stub_broker.dead_letters_of(flaky.queue_name))
-    assert failures == ["TimeoutError: slow", "ValueError: wrong"]
-
-
-def test_retry_on_is_checked_at_decoration():
-    with pytest.raises(greenq.ActorOptionError, match="retry_on"):
-        @greenq.actor(retry_on=("TimeoutError",))
-        def f():
-            pass

@@ -1,4 +1,4 @@
-"""Retries: every backoff strategy's delays, retry_when, Retry, and dead-lettering."""
+"""Retries: every backoff strategy's delays, retry_when, retry_on (stub, Redis, SQLite), Retry, and dead-lettering."""
 
 import threading
 
@@ -136,3 +136,47 @@ def test_successful_retry_leaves_no_dead_letter(stub_broker, stub_worker):
     stub_worker.join()
     assert len(attempts) == 2 and stub_broker.dead_letters == []
     assert message.message_id  # the retry kept the id (checked by the broker having nothing left)
+
+
+class _Deaths:
+    """Event consumer: each message that goes to the dead letters."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def on_dead(self, message):
+        self.recorder.add(message.args[0])
+
+
+@pytest.mark.parametrize("any_broker", ["stub", "redis", "sqlite"], indirect=True)
+def test_retry_on_retries_only_the_listed_errors(any_broker, queue_name, recorder):
+    attempts = {"timeout": 0, "value": 0}
+    any_broker.add_event_consumer(_Deaths(recorder))
+
+    @greenq.actor(broker=any_broker, queue_name=queue_name, max_retries=2, min_backoff=100, max_backoff=100,
+                  retry_on=(TimeoutError,))
+    def flaky(kind):
+        attempts[kind] += 1
+        raise TimeoutError("slow") if kind == "timeout" else ValueError("wrong")
+
+    worker = greenq.Worker(any_broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        flaky.send("timeout")
+        flaky.send("value")
+        assert sorted(recorder.wait_for(2, timeout=30)) == ["timeout", "value"]
+        worker.join(20000)
+    finally:
+        worker.stop(timeout=5000)
+    assert attempts == {"timeout": 3, "value": 1}  # listed: retried twice; not listed: straight to the dead
+    dead = {m.args[0]: m.options for m in any_broker.dead_letters_of(queue_name)}
+    assert dead["timeout"]["failure"] == "TimeoutError: slow" and dead["timeout"]["retries"] == 2
+    assert dead["value"]["failure"] == "ValueError: wrong" and not dead["value"].get("retries")
+    assert any_broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 2}
+
+
+def test_retry_on_is_checked_at_decoration():
+    with pytest.raises(greenq.ActorOptionError, match="retry_on"):
+        @greenq.actor(retry_on=("TimeoutError",))
+        def f():
+            pass
