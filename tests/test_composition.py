@@ -175,3 +175,108 @@ def test_composition_refuses_bad_children():
         greenq.pipeline([1])
     with pytest.raises(ValueError, match="at least one"):
         greenq.group([])
+
+
+class _Acks:
+    """Event consumer: the actor of each acknowledged message (its result is stored by then)."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def on_ack(self, message):
+        self.recorder.add(message.actor_name)
+
+
+class _Waiter:
+    """Calls ``composed.wait()`` in a thread; notes when it is inside and what held when it returned."""
+
+    def __init__(self, broker, composed, released):
+        self.composed = composed
+        self.released = released
+        self.inside = threading.Event()
+        self.returned = threading.Event()
+        self.outcome = None
+        backend = broker.get_middleware(Results).backend
+        original = backend.get_result
+
+        def get_result(message, **kwargs):
+            if kwargs.get("block"):
+                self.inside.set()
+            return original(message, **kwargs)
+
+        backend.get_result = get_result  # this backend instance only; the fixture drops it afterwards
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.composed.wait(timeout=60000)
+            # Only now may every result be in: read them without blocking, and note the gate's state.
+            self.outcome = ("returned", self.released.is_set(), self.composed.completed)
+        except Exception as e:
+            self.outcome = ("raised", repr(e))
+        finally:
+            self.returned.set()
+
+
+def test_pipeline_wait_blocks_until_the_last_step_has_run(setup, queue_name, recorder):
+    broker, worker = setup
+    broker.add_event_consumer(_Acks(recorder))
+    release = threading.Event()
+
+    @greenq.actor(queue_name=queue_name)
+    def fetch(x):
+        return x + 1
+
+    @greenq.actor(queue_name=queue_name)
+    def parse(x):
+        return x * 10
+
+    @greenq.actor(queue_name=queue_name)
+    def store(x):
+        assert release.wait(60), "the test never released the last step"
+        return f"stored {x}"
+
+    pipe = greenq.pipeline([fetch.message(1), parse.message(), store.message()])
+    worker.start()
+    pipe.run()
+    waiter = _Waiter(broker, pipe, release)
+    assert waiter.inside.wait(30), "wait() never asked for a result"
+    assert sorted(recorder.wait_for(2)) == ["fetch", "parse"]  # two steps done, the last one held
+    with pytest.raises(ResultTimeout):
+        pipe.wait(timeout=300)  # blocks for its timeout, then says so
+    assert not waiter.returned.is_set() and pipe.completed_count == 2
+    release.set()
+    assert waiter.returned.wait(60)
+    assert waiter.outcome == ("returned", True, True)
+    assert pipe.get_result() == "stored 20"
+
+
+def test_group_wait_blocks_until_every_child_has_run(setup, queue_name, recorder):
+    broker, worker = setup
+    broker.add_event_consumer(_Acks(recorder))
+    release_most, release_last = threading.Event(), threading.Event()
+
+    @greenq.actor(queue_name=queue_name)
+    def work(i):
+        gate = release_last if i == 0 else release_most
+        assert gate.wait(60), f"the test never released child {i}"
+        return i * 3
+
+    g = greenq.group([work.message(i) for i in range(10)])
+    worker.start()
+    g.run()
+    waiter = _Waiter(broker, g, release_last)
+    assert waiter.inside.wait(30), "wait() never asked for a result"
+    with pytest.raises(ResultTimeout):
+        g.wait(timeout=300)  # nothing is done yet
+    assert not waiter.returned.is_set() and g.completed_count == 0
+    release_most.set()
+    recorder.wait_for(9)  # every child but the first has finished and stored its result
+    with pytest.raises(ResultTimeout):
+        g.wait(timeout=300)  # one child is still running
+    assert not waiter.returned.is_set() and g.completed_count == 9
+    release_last.set()
+    assert waiter.returned.wait(60)
+    assert waiter.outcome == ("returned", True, True)
+    assert g.get_results() == [i * 3 for i in range(10)]
