@@ -199,10 +199,14 @@ def _span(first, last, now):
 
 
 def run(broker, *, stop_event=None, **options):
-    """Run a scheduler in this process until ``stop_event`` is set (a dedicated scheduler process).
+    """Run a scheduler in this process, without a worker, until ``stop_event`` is set.
 
-    The worker command can offer it as ``greenq scheduler app``: import the app,
-    call ``run(broker)`` and set ``stop_event`` on TERM/INT.
+    For a process of your own that only fires schedules (a script that imports
+    the app and calls ``run(broker)``, setting ``stop_event`` on TERM). The
+    worker command has no scheduler mode of its own: with the ``Scheduler``
+    middleware on the broker, every process ``greenq``/``greenq-gevent`` starts
+    runs the loop and the lease elects one firer; a process started with
+    ``run`` joins the same election. ``options`` are ``Scheduler``'s.
     """
     scheduler = Scheduler(**options)
     stop_event = stop_event or threading.Event()
