@@ -1,4 +1,4 @@
-"""Periodic and cron actors: next-fire times (DST), bad input, missed-tick policy,
+"""Periodic and cron actors: next-fire times (DST), bad input (crontab field order), missed-tick policy,
 exactly-once firing with three worker processes racing, leader takeover after
 kill -9, and a scheduler that loses its Redis store and gets it back."""
 
@@ -125,6 +125,47 @@ def test_decorators_need_their_schedule():
             pass
     with pytest.raises(ScheduleError, match="catch_up"):
         greenq.periodic(5, catch_up="yes", broker=StubBroker())(lambda: None)
+
+
+def test_the_issue_example_with_the_day_in_the_wrong_field_says_so_and_suggests_the_fix():
+    def weekly_report():
+        pass
+
+    with pytest.raises(ScheduleError) as info:
+        greenq.cron("0 5 tue * *", broker=StubBroker())(weekly_report)
+    text = str(info.value)
+    assert text.startswith("actor 'weekly_report': invalid crontab '0 5 tue * *'")
+    assert "field 3 (day-of-month) holds 'tue', a day name, which belongs in field 5 (day-of-week)" in text
+    assert "standard crontab order is minute hour day-of-month month day-of-week" in text
+    assert text.endswith("Did you mean '0 5 * * tue'?")
+    Cron("0 5 * * tue")  # the suggestion is valid
+
+
+@pytest.mark.parametrize("expression, says, suggestion", [
+    ("0 5 mon-fri * *", "field 3 (day-of-month) holds 'mon-fri', a day name", "Did you mean '0 5 * * mon-fri'?"),
+    ("0 5 * TUE *", "field 4 (month) holds 'TUE', a day name", "Did you mean '0 5 * * TUE'?"),
+    ("0 5 * * jan", "field 5 (day-of-week) holds 'jan', a month name, which belongs in field 4 (month)",
+     "Did you mean '0 5 * jan *'?"),
+    ("0 5 jan tue *", "field 3 (day-of-month) holds 'jan', a month name", "Did you mean '0 5 * jan tue'?"),
+    ("5 30 * * *", "field 2 (hour) holds '30', which is not a valid hour (0-23) but is a valid minute",
+     "If the two are swapped, you mean '30 5 * * *'"),
+    ("0 5 12 25 *", "field 4 (month) holds '25', which is not a valid month", "you mean '0 5 25 12 *'"),
+    # A name in the minute or hour field: explained, but swapping in a '*' would change the meaning, so no guess.
+    ("tue 5 * * *", "field 1 (minute) holds 'tue', a day name, which belongs in field 5 (day-of-week)", None),
+    ("0 5 * * 0-8", "field 5 (day-of-week) holds '0-8', which is not valid there (it takes 0-7 or sun-sat", None),
+    ("0 5 * *", "a crontab has five fields (minute hour day-of-month month day-of-week), this one has 4", None),
+    ("0 0 5 ? * TUE", "'?' is Quartz syntax", None),
+])
+def test_an_invalid_crontab_says_which_field_is_wrong(expression, says, suggestion):
+    with pytest.raises(ScheduleError) as info:
+        Cron(expression)
+    text = str(info.value)
+    assert text.startswith(f"invalid crontab {expression!r}: ") and says in text, text
+    if suggestion is None:
+        assert "mean" not in text, text
+    else:
+        assert text.endswith(suggestion), text
+        Cron(suggestion.split("'")[1])
 
 
 def test_a_rabbitmq_style_broker_must_name_a_store():

@@ -19,10 +19,17 @@ cron rules, decided here rather than left to croniter:
   fires at 03:00 CEST; several skipped times collapse into that one firing;
 * a wall time that happens twice (the hour repeated in autumn) fires once, at
   its first occurrence.
+
+Expressions use the standard crontab order, ``minute hour day-of-month month
+day-of-week``. One croniter rejects gets an error naming the field that is
+wrong and what it takes; when the fields are only out of order it gives the
+corrected expression: ``0 5 tue * *`` (a day name in the day-of-month field)
+says "Did you mean '0 5 * * tue'?".
 """
 
 import datetime
 import math
+import re
 
 from ..errors import ActorOptionError
 
@@ -81,7 +88,7 @@ class Cron:
         if not isinstance(expression, str) or not expression.strip():
             raise ScheduleError(f"a crontab must be a non-empty string, not {expression!r}")
         if not croniter.is_valid(expression):
-            raise ScheduleError(f"invalid crontab {expression!r}")
+            raise ScheduleError(f"invalid crontab {expression!r}" + _diagnose(croniter, expression))
         self._croniter = croniter
         self.expression = expression
         self.zone = _zone(timezone)
@@ -130,6 +137,87 @@ class Cron:
             last = tick
             tick = self.next_after(tick)
         return last
+
+
+# --- saying what is wrong with a crontab --------------------------------------------------------
+
+_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_RANGES = ("0-59", "0-23", "1-31", "1-12 or jan-dec", "0-7 or sun-sat")
+_ORDER = "minute hour day-of-month month day-of-week"
+_DAY_NAME = re.compile(r"(?<![a-z])(mon|tue|wed|thu|fri|sat|sun)(?![a-z])", re.IGNORECASE)
+_MONTH_NAME = re.compile(r"(?<![a-z])(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)(?![a-z])", re.IGNORECASE)
+_SWAPPABLE = {0: 1, 1: 0, 2: 3, 3: 2}  # the pairs people mix up: hour/minute, day/month
+
+
+def _fits(croniter, token, position):
+    """Whether ``token`` is a valid field at ``position`` of a five-field crontab."""
+    fields = ["*"] * 5
+    fields[position] = token
+    return croniter.is_valid(" ".join(fields))
+
+
+def _misplaced(croniter, fields):
+    """``(position, where it belongs or None, what it is)`` for the first field that is invalid where it stands."""
+    for i, token in enumerate(fields):
+        if _fits(croniter, token, i):
+            continue
+        if _DAY_NAME.search(token) and i != 4:
+            return i, 4, "a day name"
+        if _MONTH_NAME.search(token) and i != 3:
+            return i, 3, "a month name"
+        j = _SWAPPABLE.get(i)
+        if j is not None and _fits(croniter, token, j) and _fits(croniter, fields[j], i):
+            return i, j, None
+        return i, None, None
+    return None
+
+
+def _diagnose(croniter, expression):
+    """Why croniter rejects a crontab, and the corrected expression when its fields are only out of order.
+
+    The usual mistake is the order: ``0 5 tue * *`` puts a day name in the
+    day-of-month field (``0 5 * * tue`` is meant); ``5 30 * * *`` swaps minute
+    and hour. A name is moved to its field only among the date fields, where
+    the ``*`` it swaps with keeps its meaning; a name in the minute or hour
+    field is explained without a guess.
+    """
+    fields = expression.split()
+    if len(fields) < 5:
+        return f": a crontab has five fields ({_ORDER}), this one has {len(fields)}"
+    if len(fields) > 5:
+        if "?" in fields:
+            return f": '?' is Quartz syntax; a crontab has five fields ({_ORDER}) and uses '*' instead"
+        return ""  # croniter's seconds and year fields: nothing more specific to say
+    found = _misplaced(croniter, fields)
+    if found is None:
+        return ""  # each field is fine alone; their combination is not
+    i, j, what = found
+    token = fields[i]
+    if j is None:
+        return (f": field {i + 1} ({_FIELDS[i]}) holds {token!r}, which is not valid there "
+                f"(it takes {_RANGES[i]}, '*', lists, ranges and steps); the order is {_ORDER}")
+    if what is None:
+        fixed = list(fields)
+        fixed[i], fixed[j] = fixed[j], fixed[i]
+        text = (f": field {i + 1} ({_FIELDS[i]}) holds {token!r}, which is not a valid {_FIELDS[i]} "
+                f"({_RANGES[i]}) but is a valid {_FIELDS[j]}; standard crontab order is {_ORDER}")
+        if croniter.is_valid(" ".join(fixed)):
+            text += f". If the two are swapped, you mean {' '.join(fixed)!r}"
+        return text
+    text = (f": field {i + 1} ({_FIELDS[i]}) holds {token!r}, {what}, which belongs in field {j + 1} "
+            f"({_FIELDS[j]}); standard crontab order is {_ORDER}")
+    fixed = list(fields)
+    for _ in range(2):  # a day name and a month name may both be misplaced
+        if i < 2:
+            break
+        fixed[i], fixed[j] = fixed[j], fixed[i]
+        if croniter.is_valid(" ".join(fixed)):
+            return text + f". Did you mean {' '.join(fixed)!r}?"
+        found = _misplaced(croniter, fixed)
+        if found is None or found[1] is None or found[2] is None:
+            break
+        i, j, _ = found
+    return text
 
 
 def build(actor_name, *, seconds=None, crontab=None, timezone=None):
