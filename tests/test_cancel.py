@@ -1,6 +1,7 @@
 """wait_started and cancel on real Redis and SQLite: before start (skipped, acked,
-recorded), while running (interrupted, caught, not retried, recorded), and under
-gevent in a worker process with 20 greenlets of which 10 are cancelled."""
+recorded), while running (interrupted, caught, not retried, recorded), under
+gevent in a worker process with 20 greenlets of which 10 are cancelled, and on
+RabbitMQ with a Redis store named by URL (and the error without one)."""
 
 import os
 import signal
@@ -229,3 +230,70 @@ def test_under_gevent_only_the_cancelled_greenlets_die(tmp_path, queue_name):
         producer.flush_all()
         producer.close()
         _drop_namespace(REDIS_URL, namespace)
+
+
+def test_a_rabbitmq_deployment_waits_and_cancels_with_a_redis_store_named_by_url(queue_name, recorder):
+    require_server("RabbitMQ", "127.0.0.1", 5672)
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    from greenq.brokers.rabbitmq import RabbitmqBroker
+    from greenq.scheduling import StoreError
+    from greenq.scheduling.redis_store import RedisStore
+
+    broker = RabbitmqBroker("amqp://guest:guest@127.0.0.1:5672/")
+    sent = []
+    try:
+        unconfigured = Cancel()
+        broker.add_middleware(unconfigured)
+        with pytest.raises(StoreError) as info:
+            greenq.Message(queue_name=queue_name, actor_name="a", args=(), kwargs={}, options={}).cancel(broker=broker)
+        assert str(info.value) == (
+            "Cancel (wait_started/cancel) needs a Redis or SQLite store and cannot keep its state in a "
+            "RabbitmqBroker: pass url='redis://host:6379/0' or url='sqlite:///path/to/file' (or store=...)")
+        broker.remove_middleware(unconfigured)
+
+        cancel = Cancel(url=REDIS_URL, check_interval=50)
+        broker.add_middleware(cancel)
+        broker.emit_after("process_boot")
+
+        @greenq.actor(queue_name=queue_name, broker=broker, max_retries=3)
+        def busy(i):
+            try:
+                while True:
+                    time.sleep(0.01)
+            except greenq.Cancelled:
+                recorder.add(i)
+                raise
+
+        running = busy.send(1)
+        waiting = busy.send(2)
+        sent += [running, waiting]
+        waiting.cancel(broker=broker)  # before any worker runs: it is skipped
+        worker = greenq.Worker(broker, worker_threads=1, worker_timeout=100)
+        worker.start()
+        try:
+            assert running.wait_started(timeout=20, broker=broker)
+            running.cancel(broker=broker)
+            assert recorder.wait_for(1) == [1]
+            wait_until(lambda: cancel.outcome(waiting.message_id, broker) == "cancelled before start", 20,
+                       "the skipped message to be recorded")
+            wait_until(lambda: cancel.outcome(running.message_id, broker) == "cancelled while running", 20,
+                       "the interrupted message to be recorded")
+            wait_until(lambda: broker.queue_counts(queue_name)["ready"] == 0, 20, "the queue to drain")
+        finally:
+            worker.stop(timeout=5000)
+        assert isinstance(cancel.store_of(broker), RedisStore) and cancel.store_of(broker).url == REDIS_URL
+        assert waiting.wait_started(timeout=0, broker=broker) is False  # never started
+        assert broker.queue_counts(queue_name)["dead"] == 0  # acked, not dead-lettered
+        assert recorder.calls == [1]
+    finally:
+        try:
+            broker.delete_queues()
+        finally:
+            broker.close()
+            client = redis.Redis.from_url(REDIS_URL)
+            for message in sent:
+                client.delete(*(f"greenq:{kind}:{message.message_id}" for kind in ("started", "cancelled", "outcome")))
+            client.close()
+

@@ -168,12 +168,44 @@ def test_an_invalid_crontab_says_which_field_is_wrong(expression, says, suggesti
         Cron(suggestion.split("'")[1])
 
 
-def test_a_rabbitmq_style_broker_must_name_a_store():
-    class RabbitmqBroker(StubBroker):  # stands in for a broker that cannot hold the state
+def test_a_rabbitmq_broker_must_name_a_store_and_subclasses_lend_theirs(tmp_path):
+    from greenq.brokers.rabbitmq import RabbitmqBroker  # builds no connection until used
+    from greenq.brokers.redis import RedisBroker
+    from greenq.brokers.sqlite import SqliteBroker
+    from greenq.scheduling.redis_store import RedisStore
+    from greenq.scheduling.sqlite_store import SqliteStore
+
+    rabbit = RabbitmqBroker("amqp://guest:guest@127.0.0.1:5672/")
+    try:
+        with pytest.raises(StoreError) as info:
+            store_for(broker=rabbit, purpose="the scheduler")
+        assert str(info.value) == (
+            "the scheduler needs a Redis or SQLite store and cannot keep its state in a RabbitmqBroker: "
+            "pass url='redis://host:6379/0' or url='sqlite:///path/to/file' (or store=...)")
+    finally:
+        rabbit.close()
+
+    class TenantRedisBroker(RedisBroker):
         pass
 
-    with pytest.raises(StoreError, match="url='redis://"):
-        store_for(broker=RabbitmqBroker())
+    class TenantSqliteBroker(SqliteBroker):
+        pass
+
+    class TenantStubBroker(StubBroker):
+        pass
+
+    redis_broker = TenantRedisBroker(REDIS_URL, namespace="greenq-test-subclass")  # connects lazily
+    sqlite_broker = TenantSqliteBroker(path=str(tmp_path / "tenant.sqlite3"))
+    try:
+        store = store_for(broker=redis_broker)
+        assert isinstance(store, RedisStore) and store.client is redis_broker.client
+        assert store.namespace == "greenq-test-subclass"
+        store = store_for(broker=sqlite_broker)
+        assert isinstance(store, SqliteStore) and store.db is sqlite_broker.db
+        assert isinstance(store_for(broker=TenantStubBroker()), MemoryStore)
+    finally:
+        redis_broker.close()
+        sqlite_broker.close()
 
 
 # --- the missed-tick policy, on the memory store ---------------------------------------------
@@ -237,6 +269,59 @@ def test_a_failed_send_gives_the_tick_back(monkeypatch, caplog):
     scheduler._fire_due(broker, entry)
     assert scheduler.store.last_fired(entry.key) > before
     assert broker.queue_counts("default")["ready"] == 1
+
+
+# --- RabbitMQ: the state lives in a store named by URL -----------------------------------------
+
+
+def _drop_keys(*keys):
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(*keys)
+    client.close()
+
+
+def test_a_rabbitmq_deployment_fires_its_schedule_with_a_redis_store_named_by_url(queue_name, recorder):
+    require_server("RabbitMQ", "127.0.0.1", 5672)
+    require_server("Redis", "127.0.0.1", 6379)
+    from greenq.brokers.rabbitmq import RabbitmqBroker
+    from greenq.middleware import CurrentMessage
+    from greenq.scheduling.redis_store import RedisStore
+
+    broker = RabbitmqBroker("amqp://guest:guest@127.0.0.1:5672/")
+    lease = f"greenq-test-rabbit-{uuid.uuid4().hex[:8]}"
+    actor_name = f"rabbit_{queue_name}"
+    try:
+        @greenq.periodic(0.3, broker=broker, queue_name=queue_name, actor_name=actor_name)
+        def job():
+            recorder.add(CurrentMessage.get_current_message().options["scheduled_at"])
+
+        with pytest.raises(StoreError) as info:
+            Scheduler(lease_name=lease).start(broker)
+        assert str(info.value) == (
+            "the scheduler needs a Redis or SQLite store and cannot keep its state in a RabbitmqBroker: "
+            "pass url='redis://host:6379/0' or url='sqlite:///path/to/file' (or store=...)")
+
+        scheduler = Scheduler(url=REDIS_URL, lease_name=lease, lease_ttl=600)
+        broker.add_middleware(CurrentMessage())
+        broker.add_middleware(scheduler)
+        broker.emit_after("process_boot")
+        worker = greenq.Worker(broker, worker_threads=2, worker_timeout=100)
+        worker.start()  # after_worker_boot starts the scheduler
+        try:
+            ran = recorder.wait_for(3, timeout=30)
+        finally:
+            worker.stop(timeout=5000)
+        assert isinstance(scheduler.store, RedisStore) and scheduler.store.url == REDIS_URL
+        assert len(ran) == len(set(ran)) and all(t % 300 == 0 for t in ran)
+        assert scheduler.store.last_fired(actor_name) >= max(ran)
+    finally:
+        try:
+            broker.delete_queues()
+        finally:
+            broker.close()
+            _drop_keys(f"greenq:schedule:fired:{actor_name}", f"greenq:schedule:lease:{lease}")
 
 
 # --- real processes ----------------------------------------------------------------------------

@@ -292,19 +292,25 @@ def store_for(broker=None, url=None, store=None, *, purpose="this feature"):
         from ..broker import get_broker
 
         broker = get_broker()
-    kind = type(broker).__name__
-    if kind == "RedisBroker":
+    # Imported here, not at the top: the store layer never depends on a concrete broker until one is in
+    # hand (none of these imports loads redis itself). isinstance, so subclasses of a broker lend theirs too.
+    from ..brokers.local import LocalBroker
+    from ..brokers.redis import RedisBroker
+    from ..brokers.sqlite import SqliteBroker
+    from ..brokers.stub import StubBroker
+
+    if isinstance(broker, RedisBroker):
         from .redis_store import RedisStore
 
         return _shared(broker, lambda: RedisStore(client=broker.client, namespace=broker.namespace, url=broker.url))
-    if kind == "SqliteBroker":
+    if isinstance(broker, SqliteBroker):
         from .sqlite_store import SqliteStore
 
         return _shared(broker, lambda: SqliteStore(db=broker.db))
-    if kind in ("StubBroker", "LocalBroker"):
+    if isinstance(broker, (StubBroker, LocalBroker)):
         return _shared(broker, MemoryStore)
     raise StoreError(
-        f"{purpose} needs a Redis or SQLite store and cannot keep its state in a {kind}: "
+        f"{purpose} needs a Redis or SQLite store and cannot keep its state in a {type(broker).__name__}: "
         "pass url='redis://host:6379/0' or url='sqlite:///path/to/file' (or store=...)"
     )
 
