@@ -297,3 +297,26 @@ def test_a_rabbitmq_deployment_waits_and_cancels_with_a_redis_store_named_by_url
                 client.delete(*(f"greenq:{kind}:{message.message_id}" for kind in ("started", "cancelled", "outcome")))
             client.close()
 
+
+def test_wait_started_on_redis_outlasts_the_clients_socket_timeout():
+    """redis-py ends a blocking read at its socket timeout (5 s by default); the wait goes in slices."""
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    from greenq.scheduling.redis_store import RedisStore
+
+    namespace = f"greenq-test-cancel-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(client=redis.Redis.from_url(REDIS_URL, socket_timeout=0.3), namespace=namespace)
+    try:
+        started = time.monotonic()
+        assert store.wait_started("never-started", timeout=1.0) is False  # no ConnectionError at 0.3 s
+        assert time.monotonic() - started >= 1.0
+        waiter = {}
+        thread = threading.Thread(target=lambda: waiter.update(found=store.wait_started("soon", timeout=30)))
+        thread.start()
+        store.mark_started("soon", 60000)
+        thread.join(30)
+        assert waiter == {"found": True}
+    finally:
+        store.client.close()
+        _drop_namespace(REDIS_URL, namespace)

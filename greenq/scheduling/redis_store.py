@@ -12,9 +12,12 @@ Keys, under the broker's namespace (``greenq`` by default)::
 
 Costs: a scheduler pass is one script call per due entry plus one lease
 renewal every third of the lease TTL; ``wait_started`` blocks on one pooled
-connection, no polling; the cancel watcher runs one pipelined ``EXISTS`` per
-100 ms per worker process, only while messages are running.
+connection, no polling (in slices under the client's socket timeout); the
+cancel watcher runs one pipelined ``EXISTS`` per 100 ms per worker process,
+only while messages are running.
 """
+
+import time
 
 from ..brokers import redact_url
 from ..errors import BrokerError
@@ -214,12 +217,19 @@ class RedisStore(Store):
         key = self._key("started", message_id)
         if self._call("reading a start mark", self.client.exists, key):
             return True
-        if timeout is not None and timeout <= 0:
-            return False
-        # BLMOVE onto itself takes nothing: it only waits until the list has an element.
-        found = self._call("waiting for a start mark", self.client.blmove, key, key,
-                           0 if timeout is None else max(timeout, 0.01), "RIGHT", "RIGHT")
-        return found is not None
+        from ..brokers.redis import blocking_wait
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 3600.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            # BLMOVE onto itself takes nothing: it only waits until the list has an element. In slices
+            # shorter than the client's socket timeout, which would otherwise cut a long wait short.
+            found = self._call("waiting for a start mark", self.client.blmove, key, key,
+                               blocking_wait(self.client, max(left, 0.01)), "RIGHT", "RIGHT")
+            if found is not None:
+                return True
 
     def mark_cancelled(self, message_id, ttl):
         self._call("marking a message cancelled", self.client.set, self._key("cancelled", message_id), 1,
