@@ -7,8 +7,8 @@ first, then runs a ``Worker`` whose broker has the ``Scheduler`` middleware and
 one ``@periodic`` actor. Each process appends to LEDGER (one ``O_APPEND``
 write per line, so lines of several processes never mix):
 
-    F <tick> <pid>    this process fired the tick (enqueued its message)
-    R <tick> <pid>    this process ran the actor for the tick
+    F <tick> <pid> <copy>                  this process sent a copy of the tick
+    R <tick> <pid> <copy> <redelivered>    this process ran the actor for that copy (redelivered 0/1)
 
 Prints ``ready`` once the worker runs; TERM stops it gracefully.
 """
@@ -33,7 +33,8 @@ class FireLedger(Middleware):
 
     def after_enqueue(self, broker, message, delay):
         if "scheduled_at" in message.options:
-            os.write(self.fd, f"F {message.options['scheduled_at']} {os.getpid()}\n".encode())
+            os.write(self.fd, f"F {message.options['scheduled_at']} {os.getpid()} "
+                              f"{message.options['scheduled_copy']}\n".encode())
 
 
 def main():
@@ -54,7 +55,8 @@ def main():
     @greenq.periodic(float(interval), queue_name=queue, broker=broker, actor_name=f"tick_{queue}")
     def tick():
         message = CurrentMessage.get_current_message()
-        os.write(ledger, f"R {message.options['scheduled_at']} {os.getpid()}\n".encode())
+        os.write(ledger, f"R {message.options['scheduled_at']} {os.getpid()} {message.options['scheduled_copy']} "
+                         f"{int(bool(message.redelivered))}\n".encode())
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

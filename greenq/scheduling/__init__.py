@@ -17,8 +17,8 @@ Redis store or a cron schedule is built.
 
 from .periodic import cron, entries, periodic
 from .schedule import Cron, Every, ScheduleError
-from .scheduler import Scheduler, run
+from .scheduler import Scheduler, run, tick_message_id
 from .store import MemoryStore, Store, StoreError, store_for
 
 __all__ = ["Cron", "Every", "MemoryStore", "ScheduleError", "Scheduler", "Store", "StoreError", "cron", "entries",
-           "periodic", "run", "store_for"]
+           "periodic", "run", "store_for", "tick_message_id"]

@@ -3,18 +3,20 @@
 Keys, under the broker's namespace (``greenq`` by default)::
 
     <ns>:schedule:lease:<name>     the scheduler lease: holder id, with a TTL
-    <ns>:schedule:fired:<actor>    the last tick fired (epoch ms); compare-and-set
+    <ns>:schedule:state:<actor>    a hash: the last tick fired (compare-and-set), the pending
+                                   claim, the contested ticks (see the scripts below)
     <ns>:started:<message id>      a one-element list, so waiters block in BLMOVE
     <ns>:cancelled:<message id>    set by message.cancel()
     <ns>:outcome:<message id>      "cancelled before start" / "cancelled while running"
     {<ns>:dq:<queue>}.ready|.items|.tries|.held      a data queue, one hash slot
     {<ns>:dq:<queue>}.dead.ready|...                  its dead letters, same slot
 
-Costs: a scheduler pass is one script call per due entry plus one lease
-renewal every third of the lease TTL; ``wait_started`` blocks on one pooled
-connection, no polling (in slices under the client's socket timeout); the
-cancel watcher runs one pipelined ``EXISTS`` per 100 ms per worker process,
-only while messages are running.
+Costs: a scheduler pass is one ``HMGET`` per entry, firing a tick two script
+calls (claim, confirm), plus one lease renewal every third of the lease TTL; a
+worker starting a scheduled message runs one script. ``wait_started`` blocks
+on one pooled connection, no polling (in slices under the client's socket
+timeout); the cancel watcher runs one pipelined ``EXISTS`` per 100 ms per
+worker process, only while messages are running.
 """
 
 import time
@@ -24,7 +26,7 @@ from ..errors import BrokerError
 from ..errors import ConnectionError as GreenqConnectionError
 from ..message import current_millis
 from ..redis_client import given_or_new_client
-from .store import Store
+from .store import CONTESTED_KEPT, Claim, ScheduleState, Store
 
 _LEASE = """
 local cur = redis.call('GET', KEYS[1])
@@ -39,23 +41,82 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
+# The schedule of one actor is one hash (one key, so every script is cluster-safe). Fields:
+#   last                         the last tick recorded (epoch ms)
+#   ptick pprev pcopy pholder    the pending claim: its tick, the tick before it, the copy id, the firer
+#   c:<tick>                     a contested tick -> the copy that runs it ('' until one starts)
+
 _INIT = """
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.call('HGET', KEYS[1], 'last')
 if cur then return cur end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], 'last', ARGV[1])
 return ARGV[1]
 """
 
-_CLAIM = """
-local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
+_SET = """
+redis.call('HDEL', KEYS[1], 'ptick', 'pprev', 'pcopy', 'pholder')
+redis.call('HSET', KEYS[1], 'last', ARGV[1])
 return 1
 """
 
-_UNCLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+# ARGV: tick, copy ('' for a final claim), holder
+_CLAIM = """
+if redis.call('HEXISTS', KEYS[1], 'ptick') == 1 then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'last')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'last', ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'ptick', ARGV[1], 'pprev', cur or '', 'pcopy', ARGV[2], 'pholder', ARGV[3])
+end
 return 1
+"""
+
+_PENDING_FNS = """
+local function pending_is(tick, copy)
+  local p = redis.call('HMGET', KEYS[1], 'ptick', 'pcopy')
+  return p[1] == tick and p[2] == copy
+end
+local function drop_pending()
+  redis.call('HDEL', KEYS[1], 'ptick', 'pprev', 'pcopy', 'pholder')
+end
+"""
+
+# ARGV: tick, copy
+_CONFIRM = _PENDING_FNS + """
+if pending_is(ARGV[1], ARGV[2]) then drop_pending() end
+return 1
+"""
+
+# ARGV: tick, copy, contested ticks kept
+_ABANDON = _PENDING_FNS + """
+if not pending_is(ARGV[1], ARGV[2]) then return 0 end
+local prev = redis.call('HGET', KEYS[1], 'pprev')
+drop_pending()
+if redis.call('HGET', KEYS[1], 'last') == ARGV[1] then
+  if prev and prev ~= '' then redis.call('HSET', KEYS[1], 'last', prev) else redis.call('HDEL', KEYS[1], 'last') end
+end
+redis.call('HSETNX', KEYS[1], 'c:' .. ARGV[1], '')
+local contested = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 2) == 'c:' then contested[#contested + 1] = field end
+end
+local keep = tonumber(ARGV[3])
+if #contested > keep then
+  table.sort(contested, function(a, b) return tonumber(string.sub(a, 3)) < tonumber(string.sub(b, 3)) end)
+  for i = 1, #contested - keep do redis.call('HDEL', KEYS[1], contested[i]) end
+end
+return 1
+"""
+
+# ARGV: tick, copy
+_RUN = _PENDING_FNS + """
+if pending_is(ARGV[1], ARGV[2]) then drop_pending() end
+local field = 'c:' .. ARGV[1]
+local runner = redis.call('HGET', KEYS[1], field)
+if not runner then return 1 end
+if runner == '' then redis.call('HSET', KEYS[1], field, ARGV[2]) return 1 end
+if runner == ARGV[2] then return 1 end
+return 0
 """
 
 _MARK = """
@@ -163,7 +224,8 @@ class RedisStore(Store):
         self.url = url
         self.namespace = namespace
         self._scripts = {name: client.register_script(text) for name, text in (
-            ("lease", _LEASE), ("release", _RELEASE), ("init", _INIT), ("claim", _CLAIM), ("unclaim", _UNCLAIM),
+            ("lease", _LEASE), ("release", _RELEASE), ("init", _INIT), ("set", _SET), ("claim", _CLAIM),
+            ("confirm", _CONFIRM), ("abandon", _ABANDON), ("run", _RUN),
             ("mark", _MARK), ("dq_get", _DQ_GET), ("dq_refresh", _DQ_REFRESH), ("dq_done", _DQ_DONE),
             ("dq_put", _DQ_PUT))}
 
@@ -195,18 +257,34 @@ class RedisStore(Store):
     def release_lease(self, name, holder):
         self._run("releasing the scheduler lease", "release", [self._key("schedule", "lease", name)], [holder])
 
-    def last_fired(self, key):
-        value = self._call("reading a schedule", self.client.get, self._key("schedule", "fired", key))
-        return None if value is None else int(value)
+    def _schedule(self, key):
+        return self._key("schedule", "state", key)
+
+    def schedule_state(self, key):
+        last, tick, copy, holder = self._call("reading a schedule", self.client.hmget, self._schedule(key),
+                                              ["last", "ptick", "pcopy", "pholder"])
+        pending = None if tick is None else Claim(int(tick), _text(copy), _text(holder) or None)
+        return ScheduleState(None if last is None else int(last), pending)
 
     def init_fired(self, key, tick):
-        return int(self._run("recording a schedule", "init", [self._key("schedule", "fired", key)], [int(tick)]))
+        return int(self._run("recording a schedule", "init", [self._schedule(key)], [int(tick)]))
 
-    def claim_tick(self, key, tick):
-        return bool(self._run("claiming a tick", "claim", [self._key("schedule", "fired", key)], [int(tick)]))
+    def set_fired(self, key, tick):
+        self._run("recording a schedule", "set", [self._schedule(key)], [int(tick)])
 
-    def unclaim_tick(self, key, tick, previous):
-        self._run("undoing a tick", "unclaim", [self._key("schedule", "fired", key)], [int(tick), int(previous)])
+    def claim_tick(self, key, tick, copy=None, holder=None):
+        return bool(self._run("claiming a tick", "claim", [self._schedule(key)],
+                              [int(tick), copy or "", holder or ""]))
+
+    def confirm_tick(self, key, tick, copy):
+        self._run("confirming a tick", "confirm", [self._schedule(key)], [int(tick), copy])
+
+    def abandon_tick(self, key, tick, copy):
+        return bool(self._run("abandoning a claim", "abandon", [self._schedule(key)],
+                              [int(tick), copy, CONTESTED_KEPT]))
+
+    def claim_run(self, key, tick, copy):
+        return bool(self._run("checking a scheduled run", "run", [self._schedule(key)], [int(tick), copy]))
 
     # --- started / cancelled ---------------------------------------------------------------
 

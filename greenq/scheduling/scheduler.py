@@ -9,13 +9,34 @@ share the store (``store_for``: the broker's Redis or SQLite, or ``url=``), and:
   ``lease_ttl`` (default 10 s); if it dies (even ``kill -9``) the lease expires
   and another process takes over within ``lease_ttl`` plus a third. A graceful
   stop releases it at once. The lease only saves work:
-* **Firing is a compare-and-set on the tick.** Ticks are instants every
-  process computes alike (see ``schedule``). Before sending, the firer moves
-  the actor's "last fired" record from the previous tick to this one in one
-  atomic store step; a second firer racing for the same tick (a stale leader,
-  a split lease) fails that step and sends nothing. If the send fails, the
-  record is put back, so the tick is tried again. A process that dies between
-  the record and the send loses that one tick (at most once, never twice).
+* **Firing is a compare-and-set on the tick, confirmed after the send.**
+  Ticks are instants every process computes alike (see ``schedule``). Before
+  sending, the firer moves the actor's "last fired" record from the previous
+  tick to this one in one atomic store step, as a claim naming the message
+  copy it is about to send; a second firer racing for the same tick (a stale
+  leader, a split lease) fails that step and sends nothing. Once the broker
+  has taken the message, the claim is confirmed.
+* **A claim left unconfirmed is taken over.** If the firer dies between
+  claiming and confirming (even ``kill -9``), stalls past its lease, or the
+  broker refuses the send, the next pass of the leader (another process, or
+  the same one) undoes the claim and decides the tick again under the
+  missed-tick policy below: normally it sends the tick now. Whether the first
+  copy went out cannot be known (the crash may have come just after the send),
+  so such a tick is marked *contested*, and a worker starting a copy of a
+  contested tick asks the store whether its copy is the tick's runner: the
+  first copy to start runs, another is acked without running (logged). Every
+  copy has the same message id, ``tick_message_id(actor, tick)``.
+
+  The guarantee, exactly: every tick the missed-tick policy keeps runs its
+  actor once, however many processes run schedulers and whichever of them
+  dies when (after a takeover its message may have gone out twice; one copy
+  runs). That holds when the workers taking the scheduled messages have this
+  middleware (it is on the broker, so a one-app deployment does) and reach
+  the store as they start one; if a worker cannot, it runs the copy, so a
+  second run is then possible, for a contested tick only. The store keeps the
+  16 latest contested ticks of each actor: a copy of an older one still
+  waiting in a queue runs unchecked. A run cut short by a crash is redelivered
+  and runs again, as for any message.
 * **Missed ticks.** A schedule seen for the first time starts counting from
   now: nothing fires for the past. After downtime (no scheduler ran, or the
   store was unreachable), an actor with ``catch_up=True`` (the default) fires
@@ -28,10 +49,12 @@ share the store (``store_for``: the broker's Redis or SQLite, or ``url=``), and:
   the store, resuming never fires a tick twice. A broker that refuses the send
   is logged too, and the tick is tried again a second later.
 
-Each sent message carries ``options["scheduled_at"]``, the tick (epoch ms).
+Each sent message carries ``options["scheduled_at"]``, the tick (epoch ms),
+and ``options["scheduled_copy"]``, the id of this copy.
 Cost when idle: one lease call per ``lease_ttl / 3`` per process, plus for the
 leader one read per entry per pass; passes happen at ticks and at most every
-``max_sleep`` seconds.
+``max_sleep`` seconds. Firing a tick is two store calls around the send
+(claim, confirm); a worker starting a scheduled message makes one.
 """
 
 import logging
@@ -42,6 +65,7 @@ import time
 import uuid
 
 from .. import concurrency
+from ..errors import SkipMessage
 from ..message import current_millis
 from ..middleware.middleware import Middleware
 from .periodic import entries as scheduled_entries
@@ -50,6 +74,7 @@ from .store import store_for
 
 logger = logging.getLogger("greenq.scheduling")
 
+_TICK_IDS = uuid.UUID("6c1f0b8e-5d3a-4f7e-9a61-1f0c2b7d9e42")  # uuid5 namespace of tick message ids
 _CRON_WINDOW = 2 * 86400 * 1000  # how far back the latest missed cron tick is looked for first
 
 
@@ -70,10 +95,11 @@ class Scheduler(Middleware):
         self.misfire_grace = self.lease_ttl + 1000 if misfire_grace is None else int(misfire_grace)
         self.lease_name = lease_name
         self.max_sleep = max_sleep
-        self.holder = None
+        self.holder = _holder_id()
         self.is_leader = False
         self._stop = threading.Event()
         self._task = None
+        self._sent = {}  # key -> (tick, copy) enqueued but not yet confirmed in the store
 
     def __repr__(self):
         return f"Scheduler(lease_name={self.lease_name!r})"
@@ -98,7 +124,7 @@ class Scheduler(Middleware):
             logger.debug("No periodic or cron actors on %r; the scheduler stays idle.", broker)
             return
         self.store = store_for(broker=broker, url=self.url, store=self.store, purpose="the scheduler")
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = _holder_id()  # fresh per start: a forked or restarted loop is a new holder
         self._stop.clear()
         self._task = concurrency.spawn(self._loop, broker, entries, name="greenq-scheduler")
 
@@ -160,9 +186,11 @@ class Scheduler(Middleware):
                 or schedule.last_at_or_before(now, last))
 
     def _fire_due(self, broker, entry):
-        """Fire ``entry`` if a tick is due; return the epoch ms of its next tick."""
+        """Fire ``entry`` if a tick is due; return the epoch ms at which to look again."""
         now = current_millis()
-        last = self.store.last_fired(entry.key)
+        last, pending = self.store.schedule_state(entry.key)
+        if pending is not None:
+            return self._settle(entry, pending, now)
         if last is None:
             last = self.store.init_fired(entry.key, now)
         tick = entry.schedule.next_after(last)
@@ -172,16 +200,21 @@ class Scheduler(Middleware):
         late = now - latest > self.misfire_grace
         missed = latest != tick or late
         fire = entry.catch_up or not late
-        if self.store.claim_tick(entry.key, latest):
+        copy = uuid.uuid4().hex[:16] if fire else None
+        if self.store.claim_tick(entry.key, latest, copy, self.holder):
             if fire:
-                message = entry.actor.message_with_options(scheduled_at=latest)
+                message = entry.actor.message_with_options(scheduled_at=latest, scheduled_copy=copy).copy(
+                    message_id=tick_message_id(entry.key, latest))
                 try:
                     broker.enqueue(message)
                 except Exception as e:
-                    self.store.unclaim_tick(entry.key, latest, last)
+                    self.store.abandon_tick(entry.key, latest, copy)
                     logger.error("Could not send %r for tick %d (%s: %s); trying again in a second.",
                                  entry.key, latest, type(e).__name__, e)
                     return now + 1000
+                self._sent[entry.key] = (latest, copy)  # so a confirm lost with the store is redone, not undone
+                self.store.confirm_tick(entry.key, latest, copy)
+                del self._sent[entry.key]
                 if missed:
                     logger.warning("Actor %r missed %s; fired once for %d (catch_up=True).",
                                    entry.key, _span(tick, latest, now), latest)
@@ -190,6 +223,48 @@ class Scheduler(Middleware):
             else:
                 logger.warning("Actor %r missed %s; skipped (catch_up=False).", entry.key, _span(tick, latest, now))
         return entry.schedule.next_after(latest)
+
+    def _settle(self, entry, pending, now):
+        """A claim whose send was never confirmed: confirm it if this process sent it, else undo it."""
+        if self._sent.get(entry.key) == (pending.tick, pending.copy):
+            self.store.confirm_tick(entry.key, pending.tick, pending.copy)
+            del self._sent[entry.key]
+        elif self.store.abandon_tick(entry.key, pending.tick, pending.copy):
+            logger.warning("Tick %d of %r was claimed by %s, which did not confirm sending it (it stopped, or "
+                           "stalled past its lease); the tick is decided again. A copy it did send runs only if "
+                           "no other copy of the tick has.", pending.tick, entry.key, pending.holder)
+        return now
+
+    # --- workers: one copy per tick runs --------------------------------------------------
+
+    def before_process_message(self, broker, message):
+        copy = message.options.get("scheduled_copy")
+        tick = message.options.get("scheduled_at")
+        if not isinstance(copy, str) or not isinstance(tick, int):
+            return  # not sent by a scheduler (or by one before copies were tracked)
+        try:
+            store = self.store if self.store is not None else store_for(
+                broker=broker, url=self.url, purpose="the scheduler")
+            self.store = store
+            first = store.claim_run(message.actor_name, tick, copy)
+        except Exception as e:  # running a rare duplicate beats dropping the tick
+            logger.warning("Could not check whether tick %d of %r already ran (%s: %s); running message %s.",
+                           tick, message.actor_name, type(e).__name__, e, message.message_id)
+            return
+        if not first:
+            logger.warning("Message %s is a second copy of tick %d of %r (its first firer stopped before "
+                           "confirming the send, and the tick was sent again); acking it without running it.",
+                           message.message_id, tick, message.actor_name)
+            raise SkipMessage(f"tick {tick} of {message.actor_name!r} already ran from another copy")
+
+
+def _holder_id():
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def tick_message_id(key, tick):
+    """The message id of tick ``tick`` of schedule ``key``: the same in every process, for every copy."""
+    return str(uuid.uuid5(_TICK_IDS, f"{key}@{tick}"))
 
 
 def _span(first, last, now):

@@ -1,9 +1,11 @@
 """The store in a greenq SQLite file: every verb is one short transaction.
 
 It shares the embedded broker's file (``SqliteStore(db=broker.db)``) or opens
-one (``path=`` / ``url="sqlite:///..."``), adding four tables of its own
+one (``path=`` / ``url="sqlite:///..."``), adding tables of its own
 (created if missing, so older files gain them on first use):
 ``greenq_leases``, ``greenq_schedule`` (last tick fired per actor),
+``greenq_schedule_pending`` and ``greenq_schedule_contested`` (claims not yet
+confirmed sent, ticks that may have two copies; see ``scheduler``),
 ``greenq_marks`` (started / cancelled / outcome per message id, with expiry)
 and ``greenq_data`` (data queue items).
 
@@ -18,12 +20,16 @@ import time
 
 from ..brokers.sqlite import Database, path_from_url
 from ..message import current_millis
-from .store import Store, dead_entry
+from .store import CONTESTED_KEPT, Claim, ScheduleState, Store, dead_entry
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS greenq_leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS greenq_schedule (key TEXT PRIMARY KEY, last_fired INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS greenq_schedule_pending (
+    key TEXT PRIMARY KEY, tick INTEGER NOT NULL, previous INTEGER, copy TEXT NOT NULL, holder TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS greenq_schedule_contested (
+    key TEXT NOT NULL, tick INTEGER NOT NULL, runner TEXT, PRIMARY KEY (key, tick)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS greenq_marks (
     kind TEXT NOT NULL, message_id TEXT NOT NULL, value TEXT, expires_at INTEGER NOT NULL,
     PRIMARY KEY (kind, message_id)) WITHOUT ROWID;
@@ -88,10 +94,14 @@ class SqliteStore(Store):
         self.db.write(lambda conn: conn.execute(
             "DELETE FROM greenq_leases WHERE name = ? AND holder = ?", (name, holder)))
 
-    def last_fired(self, key):
-        row = self.db.read(lambda conn: conn.execute(
-            "SELECT last_fired FROM greenq_schedule WHERE key = ?", (key,)).fetchone())
-        return None if row is None else row[0]
+    def schedule_state(self, key):
+        def read(conn):
+            last = conn.execute("SELECT last_fired FROM greenq_schedule WHERE key = ?", (key,)).fetchone()
+            pending = conn.execute("SELECT tick, copy, holder FROM greenq_schedule_pending WHERE key = ?",
+                                   (key,)).fetchone()
+            return ScheduleState(None if last is None else last[0], None if pending is None else Claim(*pending))
+
+        return self.db.read(read)
 
     def init_fired(self, key, tick):
         def init(conn):
@@ -100,20 +110,68 @@ class SqliteStore(Store):
 
         return self.db.write(init)
 
-    def claim_tick(self, key, tick):
+    def set_fired(self, key, tick):
+        def overwrite(conn):
+            conn.execute("INSERT OR REPLACE INTO greenq_schedule (key, last_fired) VALUES (?, ?)", (key, int(tick)))
+            conn.execute("DELETE FROM greenq_schedule_pending WHERE key = ?", (key,))
+
+        self.db.write(overwrite)
+
+    def claim_tick(self, key, tick, copy=None, holder=None):
         def claim(conn):
-            cursor = conn.execute(
-                "INSERT INTO greenq_schedule (key, last_fired) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET last_fired = excluded.last_fired "
-                "WHERE greenq_schedule.last_fired < excluded.last_fired", (key, int(tick)))
-            return cursor.rowcount == 1
+            if conn.execute("SELECT 1 FROM greenq_schedule_pending WHERE key = ?", (key,)).fetchone():
+                return False
+            row = conn.execute("SELECT last_fired FROM greenq_schedule WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] >= tick:
+                return False
+            conn.execute("INSERT OR REPLACE INTO greenq_schedule (key, last_fired) VALUES (?, ?)", (key, int(tick)))
+            if copy is not None:
+                conn.execute("INSERT INTO greenq_schedule_pending (key, tick, previous, copy, holder) "
+                             "VALUES (?, ?, ?, ?, ?)", (key, int(tick), None if row is None else row[0], copy, holder))
+            return True
 
         return self.db.write(claim)
 
-    def unclaim_tick(self, key, tick, previous):
+    def confirm_tick(self, key, tick, copy):
         self.db.write(lambda conn: conn.execute(
-            "UPDATE greenq_schedule SET last_fired = ? WHERE key = ? AND last_fired = ?",
-            (int(previous), key, int(tick))))
+            "DELETE FROM greenq_schedule_pending WHERE key = ? AND tick = ? AND copy = ?", (key, int(tick), copy)))
+
+    def abandon_tick(self, key, tick, copy):
+        def abandon(conn):
+            row = conn.execute("SELECT previous FROM greenq_schedule_pending WHERE key = ? AND tick = ? AND copy = ?",
+                               (key, int(tick), copy)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM greenq_schedule_pending WHERE key = ?", (key,))
+            if row[0] is None:
+                conn.execute("DELETE FROM greenq_schedule WHERE key = ? AND last_fired = ?", (key, int(tick)))
+            else:
+                conn.execute("UPDATE greenq_schedule SET last_fired = ? WHERE key = ? AND last_fired = ?",
+                             (row[0], key, int(tick)))
+            conn.execute("INSERT OR IGNORE INTO greenq_schedule_contested (key, tick, runner) VALUES (?, ?, NULL)",
+                         (key, int(tick)))
+            conn.execute("DELETE FROM greenq_schedule_contested WHERE key = ? AND tick NOT IN (SELECT tick FROM "
+                         "greenq_schedule_contested WHERE key = ? ORDER BY tick DESC LIMIT ?)",
+                         (key, key, CONTESTED_KEPT))
+            return True
+
+        return self.db.write(abandon)
+
+    def claim_run(self, key, tick, copy):
+        def claim(conn):
+            conn.execute("DELETE FROM greenq_schedule_pending WHERE key = ? AND tick = ? AND copy = ?",
+                         (key, int(tick), copy))
+            row = conn.execute("SELECT runner FROM greenq_schedule_contested WHERE key = ? AND tick = ?",
+                               (key, int(tick))).fetchone()
+            if row is None:
+                return True
+            if row[0] is None:
+                conn.execute("UPDATE greenq_schedule_contested SET runner = ? WHERE key = ? AND tick = ?",
+                             (copy, key, int(tick)))
+                return True
+            return row[0] == copy
+
+        return self.db.write(claim)
 
     # --- started / cancelled -----------------------------------------------------------
 

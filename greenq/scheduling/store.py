@@ -5,8 +5,8 @@ state shared by every process of a deployment. Each back end kind implements
 the verbs below once (``MemoryStore`` here for tests with ``StubBroker``,
 ``RedisStore`` and ``SqliteStore`` beside it), so the features on top never
 know where their state lives. Every verb is one atomic step in the back end (a
-Lua script, one SQLite transaction, or a lock): that is what makes a tick fire
-at most once even when two schedulers race.
+Lua script, one SQLite transaction, or a lock): that is what lets two
+schedulers race for a tick and only one win it (see ``scheduler``).
 
 ``store_for(broker=, url=)`` picks one: an explicit store or URL wins; else a
 ``RedisBroker`` or ``SqliteBroker`` lends its connection (same Redis and
@@ -17,6 +17,7 @@ A RabbitMQ deployment must name one (``url="redis://..."`` or
 Times are epoch milliseconds; TTLs and visibility timeouts are milliseconds.
 """
 
+import collections
 import json
 import threading
 import time
@@ -28,6 +29,12 @@ from ..message import current_millis
 
 class StoreError(GreenqError):
     """No store can be derived, or a store was misconfigured."""
+
+
+ScheduleState = collections.namedtuple("ScheduleState", "last pending")
+Claim = collections.namedtuple("Claim", "tick copy holder")
+
+CONTESTED_KEPT = 16  # contested ticks remembered per schedule (see ``Store.abandon_tick``)
 
 
 class Store:
@@ -43,20 +50,55 @@ class Store:
         """Give the lease up, if ``holder`` has it."""
         raise NotImplementedError
 
+    def schedule_state(self, key):
+        """``ScheduleState(last, pending)``: the last tick recorded for ``key`` (or None) and its unconfirmed claim.
+
+        ``pending`` is a ``Claim(tick, copy, holder)`` while a firer has claimed
+        ``tick`` but not yet confirmed that its message went out, else None.
+        """
+        raise NotImplementedError
+
     def last_fired(self, key):
         """The last tick recorded for ``key``, or None."""
-        raise NotImplementedError
+        return self.schedule_state(key).last
 
     def init_fired(self, key, tick):
         """Record ``tick`` for ``key`` unless something is recorded; return what is recorded now."""
         raise NotImplementedError
 
-    def claim_tick(self, key, tick):
-        """Record ``tick`` for ``key`` if it is later than the recorded one; True for the one caller that did."""
+    def set_fired(self, key, tick):
+        """Overwrite the record of ``key`` with ``tick`` and drop its claim (re-baselining a schedule; tests)."""
         raise NotImplementedError
 
-    def unclaim_tick(self, key, tick, previous):
-        """Undo a claim whose enqueue failed: put ``previous`` back if ``tick`` is still recorded."""
+    def claim_tick(self, key, tick, copy=None, holder=None):
+        """Record ``tick`` for ``key`` if it is later than the recorded one and no claim is unconfirmed.
+
+        True for the one caller that did. With ``copy`` (the id of the message
+        copy about to be sent) the claim stays pending until ``confirm_tick``;
+        without it (a tick skipped by policy) it is final at once.
+        """
+        raise NotImplementedError
+
+    def confirm_tick(self, key, tick, copy):
+        """The message copy ``copy`` for ``tick`` went out: drop the pending claim, if it is still this one."""
+        raise NotImplementedError
+
+    def abandon_tick(self, key, tick, copy):
+        """Undo the pending claim ``(tick, copy)``, whose send failed or whose firer stopped before confirming.
+
+        Puts the previous tick back, so the tick is decided again, and marks it
+        contested: a copy that did go out and any copy sent again then settle
+        in ``claim_run`` which one runs. True if the claim was still pending.
+        """
+        raise NotImplementedError
+
+    def claim_run(self, key, tick, copy):
+        """Whether the message copy ``copy`` of ``tick`` is the one to run (called as a worker starts it).
+
+        Confirms the pending claim if it is this copy's. For a contested tick
+        the first copy to start becomes its runner; it may run again (a
+        redelivery), any other copy is a duplicate. Uncontested: always True.
+        """
         raise NotImplementedError
 
     # --- started / cancelled messages -------------------------------------------------
@@ -125,6 +167,8 @@ class MemoryStore(Store):
         self._cond = threading.Condition()
         self._leases = {}    # name -> (holder, expires monotonic)
         self._ticks = {}     # key -> tick
+        self._pending = {}   # key -> (tick, previous tick, copy, holder): claimed, send not confirmed
+        self._contested = {}  # key -> {tick: copy that runs it, or None}
         self._marks = {}     # (kind, message id) -> (value, expires monotonic)
         self._queues = {}    # queue -> {"ready": [ids], "items": {}, "tries": {}, "held": {id: deadline}}
 
@@ -141,25 +185,65 @@ class MemoryStore(Store):
             if self._leases.get(name, (None,))[0] == holder:
                 del self._leases[name]
 
-    def last_fired(self, key):
+    def schedule_state(self, key):
         with self._cond:
-            return self._ticks.get(key)
+            pending = self._pending.get(key)
+            return ScheduleState(self._ticks.get(key),
+                                 None if pending is None else Claim(pending[0], pending[2], pending[3]))
 
     def init_fired(self, key, tick):
         with self._cond:
             return self._ticks.setdefault(key, tick)
 
-    def claim_tick(self, key, tick):
+    def set_fired(self, key, tick):
         with self._cond:
-            if self._ticks.get(key, -1) >= tick:
-                return False
             self._ticks[key] = tick
+            self._pending.pop(key, None)
+
+    def claim_tick(self, key, tick, copy=None, holder=None):
+        with self._cond:
+            if key in self._pending or self._ticks.get(key, -1) >= tick:
+                return False
+            previous = self._ticks.get(key)
+            self._ticks[key] = tick
+            if copy is not None:
+                self._pending[key] = (tick, previous, copy, holder)
             return True
 
-    def unclaim_tick(self, key, tick, previous):
+    def confirm_tick(self, key, tick, copy):
         with self._cond:
+            pending = self._pending.get(key)
+            if pending is not None and pending[0] == tick and pending[2] == copy:
+                del self._pending[key]
+
+    def abandon_tick(self, key, tick, copy):
+        with self._cond:
+            pending = self._pending.get(key)
+            if pending is None or pending[0] != tick or pending[2] != copy:
+                return False
+            del self._pending[key]
             if self._ticks.get(key) == tick:
-                self._ticks[key] = previous
+                if pending[1] is None:
+                    self._ticks.pop(key, None)
+                else:
+                    self._ticks[key] = pending[1]
+            contested = self._contested.setdefault(key, {})
+            contested.setdefault(tick, None)
+            for old in sorted(contested)[:-CONTESTED_KEPT]:
+                del contested[old]
+            return True
+
+    def claim_run(self, key, tick, copy):
+        with self._cond:
+            pending = self._pending.get(key)
+            if pending is not None and pending[0] == tick and pending[2] == copy:
+                del self._pending[key]
+            contested = self._contested.get(key, {})
+            if tick not in contested:
+                return True
+            if contested[tick] is None:
+                contested[tick] = copy
+            return contested[tick] == copy
 
     def _mark(self, kind, message_id, value, ttl):
         with self._cond:
