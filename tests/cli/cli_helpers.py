@@ -166,18 +166,26 @@ def redis_ns():
     client.close()
 
 
+#: The heartbeat timeout (ms) of tests/cli/apps/redis_common.py unless TEST_HEARTBEAT_MS says otherwise:
+#: a live worker is never taken for dead on a loaded machine, so no message runs twice.
+APP_HEARTBEAT_MS = 10000
+#: For a test that kills a worker with SIGKILL and waits for its messages to come back.
+FAST_TAKEOVER_MS = 3000
+
+
 @pytest.fixture
 def redis_env(redis_ns):
     ns, client = redis_ns
-    return {"TEST_NS": ns, "TEST_REDIS_URL": REDIS_URL}
+    return {"TEST_NS": ns, "TEST_REDIS_URL": REDIS_URL, "TEST_HEARTBEAT_MS": str(APP_HEARTBEAT_MS)}
 
 
 
 def app_broker(ns):
-    """The test's own handle on the app's broker, to enqueue and count."""
+    """The test's own handle on the app's broker, to enqueue and count (the apps' heartbeat timeout:
+    it only matters to a broker that consumes, but keeps the two alike)."""
     from greenq.brokers.redis import RedisBroker
 
-    return RedisBroker(url=REDIS_URL, namespace=ns, heartbeat_timeout=1500)
+    return RedisBroker(url=REDIS_URL, namespace=ns, heartbeat_timeout=APP_HEARTBEAT_MS)
 
 
 def send(broker, actor_name, *args, queue_name="default", **kwargs):

@@ -39,8 +39,11 @@ _state = {"current": 0, "peak": 0}
 
 
 @greenq.actor
-def barrier(total):
-    """Waits until ``total`` of these run at once across all processes; records each process's peak."""
+def barrier(i, total):
+    """Waits until ``total`` of these run at once across all processes; records each process's peak.
+
+    Leaves ``i`` in ``done``, so a message run twice shows.
+    """
     _state["current"] += 1
     _state["peak"] = max(_state["peak"], _state["current"])
     r.hset(key("peak"), os.getpid(), _state["peak"])
@@ -53,9 +56,12 @@ def barrier(total):
                 raise RuntimeError("the barrier was never released")
     finally:
         _state["current"] -= 1
-    r.rpush(key("done"), 1)
+    r.rpush(key("done"), i)
 
 
 @greenq.actor
 def whoami(i):
-    r.rpush(key("pids"), os.getpid())
+    with r.pipeline() as both:  # MULTI/EXEC: whoever sees the pid sees the index too
+        both.rpush(key("pids"), os.getpid())
+        both.rpush(key("ran"), i)
+        both.execute()
