@@ -1,27 +1,25 @@
-"""A gevent worker process on RedisBroker with a metadata consumer and event consumers.
+"""An app for ``greenq-gevent`` with a metadata consumer and event consumers, on Redis or SQLite.
 
-Usage: python tests/composition_events_worker.py URL NAMESPACE QUEUE
+    EVENTS_BROKER=redis EVENTS_TARGET=URL#NAMESPACE EVENTS_QUEUE=q greenq-gevent composition_events_worker
+    EVENTS_BROKER=sqlite EVENTS_TARGET=/path/to/file EVENTS_QUEUE=q greenq-gevent composition_events_worker
 
-Records, in Redis lists under NAMESPACE: ``events`` ("<event> <actor> <args>")
-from an event consumer, ``seen`` (the metadata each actor saw) from the actors.
-A second event consumer always raises, to show it breaks nothing. Stops when
-the test pushes to ``<ns>:stop``.
+Reports through its log lines (the command's stderr), which
+tests/test_metadata_events.py waits on: ``EVENT <event> <actor> <args> tenant=<t>``
+from an event consumer (the tenant from the message's metadata), and
+``SEEN <arg> tenant=<t>`` from the actors (the tenant the metadata consumer set
+for the greenlet running them). A second event consumer always raises, to
+show that it breaks nothing.
 """
 
-import gevent.monkey
+import json
+import logging
+import os
+import threading
 
-gevent.monkey.patch_all()
+import greenq
+from greenq.middleware import MetadataProducerConsumer
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-
-import redis  # noqa: E402
-
-import greenq  # noqa: E402
-from greenq.brokers.redis import RedisBroker  # noqa: E402
-from greenq.middleware import MetadataProducerConsumer  # noqa: E402
-
+logger = logging.getLogger("events_app")
 _context = threading.local()  # greenlet-local under gevent
 
 
@@ -32,65 +30,73 @@ class Tenant(MetadataProducerConsumer):
         _context.tenant = metadata
 
 
-class Recorder:
-    def __init__(self, marks, key):
-        self.marks, self.key = marks, key
+class Reporter:
+    """Logs every event it receives."""
 
-    def _record(self, event, message):
-        self.marks.rpush(self.key, f"{event} {message.actor_name} {json.dumps(list(message.args))}")
+    def _report(self, event, message):
+        tenant = (message.options.get("metadata") or {}).get("tenant")
+        logger.info("EVENT %s %s %s tenant=%s", event, message.actor_name, json.dumps(list(message.args)), tenant)
+
+    def on_enqueue(self, message):  # here: the retry, enqueued by the worker
+        self._report("enqueue", message)
 
     def on_start(self, message):
-        self._record("start", message)
+        self._report("start", message)
 
     def on_success(self, message):
-        self._record("success", message)
+        self._report("success", message)
 
     def on_failure(self, message):
-        self._record("failure", message)
+        self._report("failure", message)
 
     def on_retry(self, message):
-        self._record("retry", message)
+        self._report("retry", message)
 
     def on_dead(self, message):
-        self._record("dead", message)
+        self._report("dead", message)
 
     def on_ack(self, message):
-        self._record("ack", message)
+        self._report("ack", message)
 
 
 class Broken:
     def on_start(self, message):
         raise RuntimeError("this consumer is broken")
 
-    on_success = on_failure = on_dead = on_start
+    on_enqueue = on_success = on_failure = on_dead = on_start
 
 
-def main():
-    url, namespace, queue = sys.argv[1:4]
-    broker = RedisBroker(url, namespace=namespace)
-    marks = redis.Redis.from_url(url)
-    broker.add_metadata_producer_consumer(Tenant())
-    broker.add_event_consumer(Broken())
-    broker.add_event_consumer(Recorder(marks, f"{namespace}:events"))
+def make_broker():
+    kind, target = os.environ["EVENTS_BROKER"], os.environ["EVENTS_TARGET"]
+    if kind == "redis":
+        from greenq.brokers.redis import RedisBroker
 
-    @greenq.actor(queue_name=queue, broker=broker)
-    def greet(name):
-        marks.rpush(f"{namespace}:seen", json.dumps([name, getattr(_context, "tenant", None)]))
+        url, namespace = target.rsplit("#", 1)
+        return RedisBroker(url=url, namespace=namespace)
+    from greenq.brokers.sqlite import SqliteBroker
 
-    @greenq.actor(queue_name=queue, broker=broker, max_retries=1, min_backoff=100, max_backoff=100,
-                  retry_on=(ValueError,))
-    def fail(reason):
-        marks.rpush(f"{namespace}:seen", json.dumps([reason, getattr(_context, "tenant", None)]))
-        raise ValueError(reason)
-
-    worker = greenq.Worker(broker, worker_threads=20, worker_timeout=100)
-    worker.start()
-    marks.rpush(f"{namespace}:ready", 1)
-    marks.blpop(f"{namespace}:stop")
-    worker.stop(timeout=5000)
-    marks.rpush(f"{namespace}:stopped", 1)
-    broker.close()
+    return SqliteBroker(path=target)
 
 
-if __name__ == "__main__":
-    main()
+broker = make_broker()
+greenq.set_broker(broker)
+broker.add_metadata_producer_consumer(Tenant())
+broker.add_event_consumer(Broken())  # first, so the reporter runs after it has raised
+broker.add_event_consumer(Reporter())
+QUEUE = os.environ["EVENTS_QUEUE"]
+
+
+def _seen(arg):
+    logger.info("SEEN %s tenant=%s", arg, getattr(_context, "tenant", None))
+    _context.tenant = None  # the next message on this greenlet must get it from its own metadata
+
+
+@greenq.actor(queue_name=QUEUE)
+def greet(name):
+    _seen(name)
+
+
+@greenq.actor(queue_name=QUEUE, max_retries=1, min_backoff=100, max_backoff=100, retry_on=(ValueError,))
+def fail(reason):
+    _seen(reason)
+    raise ValueError(reason)

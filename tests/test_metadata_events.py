@@ -1,21 +1,22 @@
-"""Metadata producers/consumers and event consumers: in process, and end to end through a worker process."""
+"""Metadata producers/consumers and event consumers: in process, and end to end through ``greenq-gevent`` on Redis and SQLite."""
 
-import json
 import logging
 import os
-import subprocess
+import signal
 import sys
 import threading
-import uuid
 
 import pytest
 
 import greenq
 from greenq.middleware import Events, Metadata, MetadataProducerConsumer
 
-from redis_helpers import REDIS_URL, require_server
+from support import REDIS_URL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "cli"))
+
+from cli_helpers import run_greenq  # noqa: E402,F401 - fixture
 
 
 class Constant(MetadataProducerConsumer):
@@ -154,52 +155,70 @@ def test_event_consumers_need_an_event_method(stub_broker):
     assert isinstance(Events.on(stub_broker), Events) and Events.on(stub_broker) is Events.on(stub_broker)
 
 
-def test_end_to_end_through_a_worker_process(queue_name):
-    require_server("Redis", "127.0.0.1", 6379)
-    import redis
+class _Sent:
+    """Producer-side event consumer: the metadata of each message this process enqueues."""
 
-    from greenq.brokers.redis import RedisBroker
+    def __init__(self):
+        self.enqueued = []
 
-    namespace = f"greenq-test-events-{uuid.uuid4().hex[:8]}"
-    marks = redis.Redis.from_url(REDIS_URL)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "composition_events_worker.py"),
-                             REDIS_URL, namespace, queue_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    def on_enqueue(self, message):
+        self.enqueued.append((message.actor_name, list(message.args), message.options.get("metadata")))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("any_broker", ["redis", "sqlite"], indirect=True)
+def test_end_to_end_through_a_worker_process(any_broker, queue_name, run_greenq):
+    redis = hasattr(any_broker, "namespace")
+    target = f"{REDIS_URL}#{any_broker.namespace}" if redis else any_broker.path
+    proc = run_greenq("composition_events_worker", "-p", "1", "-t", "20", mode="gevent", cwd=HERE,
+                      env={"EVENTS_BROKER": "redis" if redis else "sqlite", "EVENTS_TARGET": target,
+                           "EVENTS_QUEUE": queue_name})
     try:
-        assert marks.blpop(f"{namespace}:ready", timeout=60), "the worker process did not start"
-        broker.add_metadata_producer_consumer(Constant("tenant", "acme"))
+        proc.ready(1, timeout=60)
+        any_broker.add_metadata_producer_consumer(Constant("tenant", "acme"))
+        sent = _Sent()
+        any_broker.add_event_consumer(sent)
 
-        @greenq.actor(queue_name=queue_name, broker=broker)
+        @greenq.actor(queue_name=queue_name, broker=any_broker)
         def greet(name):
-            pass
+            raise AssertionError("runs in the worker process only")
 
-        @greenq.actor(queue_name=queue_name, broker=broker)
+        @greenq.actor(queue_name=queue_name, broker=any_broker)
         def fail(reason):
-            pass
+            raise AssertionError("runs in the worker process only")
 
         greet.send("ada")
         fail.send("boom")
-        seen = [json.loads(marks.blpop(f"{namespace}:seen", timeout=30)[1]) for _ in range(3)]
-        assert sorted(seen) == [["ada", "acme"], ["boom", "acme"], ["boom", "acme"]]
-        expected = {"start greet [\"ada\"]", "success greet [\"ada\"]", "ack greet [\"ada\"]",
-                    "failure fail [\"boom\"]", "retry fail [\"boom\"]", "dead fail [\"boom\"]"}
-        events = []
-        while not expected <= set(events):
-            item = marks.blpop(f"{namespace}:events", timeout=30)
-            assert item, f"events so far: {events}"
-            events.append(item[1].decode())
-        assert events.count('start fail ["boom"]') == 2  # the retry ran; the broken consumer broke nothing
-        marks.rpush(f"{namespace}:stop", 1)
-        assert marks.blpop(f"{namespace}:stopped", timeout=30)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err[-3000:]
-        assert "this consumer is broken" in err  # logged
+        # on_enqueue in the producer, with the metadata the producer added
+        assert sent.enqueued == [("greet", ["ada"], {"tenant": "acme"}), ("fail", ["boom"], {"tenant": "acme"})]
+
+        def event(name, actor, arg):
+            return rf"\[events_app\] .*\] EVENT {name} {actor} \[\"{arg}\"\] tenant=acme$"
+
+        for name in ("start", "success", "ack"):
+            proc.wait_for(event(name, "greet", "ada"))
+        proc.wait_for(event("dead", "fail", "boom"))
+        for name, times in (("start", 2), ("failure", 2), ("retry", 1), ("enqueue", 1), ("ack", 1)):
+            # enqueue: the retry, sent by the worker, keeps the producer's metadata; the first attempt's
+            # copy is acked, the last one dead-lettered. The broken consumer broke none of it.
+            proc.wait_for(event(name, "fail", "boom"), count=times)
+        # The metadata consumer gave each run the producer's tenant, the retry included.
+        proc.wait_for(r"\] SEEN ada tenant=acme$")
+        proc.wait_for(r"\] SEEN boom tenant=acme$", count=2)
+        assert "this consumer is broken" in proc.output()  # logged
+        (dead,) = any_broker.dead_letters_of(queue_name)
+        assert (dead.actor_name, dead.options["failure"], dead.options["retries"]) == ("fail", "ValueError: boom", 1)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.output()[-3000:]
+        # Nothing ran more often than expected.
+        assert len(proc.matching(r"\] SEEN ")) == 3
+        assert len(proc.matching(r"\] EVENT start ")) == 3
+        assert len(proc.matching(r"\] EVENT enqueue ")) == 1
+        assert any_broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 1}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        keys = list(marks.scan_iter(f"{namespace}:*")) + list(marks.scan_iter(f"{{{namespace}:*"))
-        if keys:
-            marks.delete(*keys)
-        broker.close()
+        proc.kill()
+        if redis:  # the worker's heartbeats live under the namespace too
+            keys = [k for pattern in (f"{any_broker.namespace}:*", f"{{{any_broker.namespace}:*")
+                    for k in any_broker.client.scan_iter(pattern)]
+            if keys:
+                any_broker.client.delete(*keys)
