@@ -33,6 +33,18 @@ def require_server(name, host, port):
         pytest.skip(message)
 
 
+def drop_redis_namespace(namespace, url=REDIS_URL):
+    """Delete a test's Redis keys: ``namespace:*`` and the hash-tagged ``{namespace:...}`` ones."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
+        keys = list(client.scan_iter(match=pattern, count=500))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
 class Recorder:
     """Collects what actors saw and lets a test wait for a count, without sleeps."""
 

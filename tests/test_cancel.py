@@ -17,7 +17,7 @@ import greenq
 from greenq.middleware.cancel import Cancel
 from greenq.results import ResultFailure, Results
 
-from redis_helpers import REDIS_URL, require_server
+from support import REDIS_URL, drop_redis_namespace, require_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,17 +30,6 @@ def wait_until(predicate, timeout, what):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _drop_namespace(url, namespace):
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
-        keys = list(client.scan_iter(match=pattern, count=500))
-        if keys:
-            client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture(params=["redis", "sqlite"])
@@ -68,7 +57,7 @@ def broker(request, tmp_path):
     if request.param == "redis":
         backend.close()
         broker.flush_all()
-        _drop_namespace(REDIS_URL, broker.namespace)
+        drop_redis_namespace(broker.namespace)
     broker.close()
 
 
@@ -229,7 +218,7 @@ def test_under_gevent_only_the_cancelled_greenlets_die(tmp_path, queue_name):
             proc.wait()
         producer.flush_all()
         producer.close()
-        _drop_namespace(REDIS_URL, namespace)
+        drop_redis_namespace(namespace)
 
 
 def test_a_rabbitmq_deployment_waits_and_cancels_with_a_redis_store_named_by_url(queue_name, recorder):
@@ -319,4 +308,4 @@ def test_wait_started_on_redis_outlasts_the_clients_socket_timeout():
         assert waiter == {"found": True}
     finally:
         store.client.close()
-        _drop_namespace(REDIS_URL, namespace)
+        drop_redis_namespace(namespace)

@@ -26,7 +26,7 @@ from greenq.scheduling import Cron, Every, MemoryStore, ScheduleError, Scheduler
 from greenq.scheduling.scheduler import tick_message_id
 from greenq.scheduling.store import Claim, ScheduleState
 
-from redis_helpers import REDIS_URL, require_server
+from support import REDIS_URL, drop_redis_namespace, require_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARIS = ZoneInfo("Europe/Paris")
@@ -217,17 +217,6 @@ def test_a_rabbitmq_broker_must_name_a_store_and_subclasses_lend_theirs(tmp_path
 # --- the store's schedule verbs and the missed-tick policy, on every store ---------------------
 
 
-def _drop_namespace(namespace):
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
-        keys = list(client.scan_iter(match=pattern, count=500))
-        if keys:
-            client.delete(*keys)
-    client.close()
-
-
 @pytest.fixture(params=["memory", "redis", "sqlite"])
 def kind(request):
     if request.param == "redis":
@@ -246,7 +235,7 @@ def store(kind, tmp_path):
         made = RedisStore(url=REDIS_URL, namespace=namespace)
         yield made
         made.close()
-        _drop_namespace(namespace)
+        drop_redis_namespace(namespace)
     else:
         from greenq.scheduling.sqlite_store import SqliteStore
 
@@ -272,7 +261,7 @@ def broker_and_store(kind, tmp_path):
     yield broker, store_for(broker=broker)
     if kind == "redis":
         broker.flush_all()
-        _drop_namespace(broker.namespace)
+        drop_redis_namespace(broker.namespace)
     broker.close()
 
 
@@ -613,14 +602,7 @@ def target(request, tmp_path):
     if request.param == "redis":
         require_server("Redis", "127.0.0.1", 6379)
         yield "redis", REDIS_URL, namespace
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
-            keys = list(client.scan_iter(match=pattern, count=500))
-            if keys:
-                client.delete(*keys)
-        client.close()
+        drop_redis_namespace(namespace)
     else:
         yield "sqlite", str(tmp_path / "sched.sqlite3"), namespace
 
