@@ -132,33 +132,40 @@ class Broker:
         return next((m for m in self.middleware if isinstance(m, kind)), None)
 
     def _rebuild_hooks(self):
+        """Each hook's callbacks in call order: ``after_*`` ones last-to-first.
+
+        Built once per change of the middleware list, so emitting a hook for every
+        message is a dict lookup and a loop.
+        """
         hooks = {}
         for m in self.middleware:
             for hook in implemented_hooks(m):
                 hooks.setdefault(hook, []).append(getattr(m, hook))
-        self._hooks = hooks
+        self._hooks = {hook: tuple(reversed(callbacks)) if hook.startswith("after_") else tuple(callbacks)
+                       for hook, callbacks in hooks.items()}
 
     def emit_before(self, signal, *args, **kwargs):
-        self._emit("before_" + signal, args, kwargs, reverse=False)
+        callbacks = self._hooks.get("before_" + signal)
+        if callbacks:
+            self._emit(callbacks, args, kwargs)
 
     def emit_after(self, signal, *args, **kwargs):
-        self._emit("after_" + signal, args, kwargs, reverse=True)
+        callbacks = self._hooks.get("after_" + signal)
+        if callbacks:
+            self._emit(callbacks, args, kwargs)
 
-    def _emit(self, hook, args, kwargs, reverse):
-        """Call a hook on each middleware; log, don't propagate, a middleware's failure.
+    def _emit(self, callbacks, args, kwargs):
+        """Call each callback; log, don't propagate, a middleware's failure.
 
         ``SkipMessage`` and interrupts are control flow, not failures, and pass through.
         """
-        callbacks = self._hooks.get(hook)
-        if not callbacks:
-            return
-        for callback in reversed(callbacks) if reverse else callbacks:
+        for callback in callbacks:
             try:
                 callback(self, *args, **kwargs)
             except (SkipMessage, Interrupt):
                 raise
             except Exception:
-                logger.exception("Middleware %s failed in %s; carrying on.", callback.__self__, hook)
+                logger.exception("Middleware %s failed in %s; carrying on.", callback.__self__, callback.__name__)
 
     # --- actors and queues --------------------------------------------------
 

@@ -8,8 +8,8 @@ is in. What patching cannot hide is listed here:
 * spawning a unit of work and interrupting it from outside (a greenlet is killed
   with ``throw``; an OS thread only through CPython's async-exception call, which
   fires at the next bytecode and cannot break a blocking system call);
-* timers that fire without a thread each (gevent's loop timers; under threads, one
-  shared timer thread with a heap);
+* timers that fire without a thread each (one heap of deadlines behind a single
+  loop timer per hub; under threads, the same heap on one shared timer thread);
 * real OS threads for watchdogs and heartbeats, which must keep running while a
   greenlet hogs the hub.
 """
@@ -18,6 +18,7 @@ import ctypes
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 
@@ -28,9 +29,15 @@ except ImportError:  # pragma: no cover
     gevent = None
 
 
+_patched = False
+
+
 def using_gevent() -> bool:
-    """True when the threading module has been monkeypatched by gevent."""
-    return gevent is not None and gevent.monkey.is_module_patched("threading")
+    """True when the threading module has been monkeypatched by gevent (which cannot be undone)."""
+    global _patched
+    if not _patched:
+        _patched = gevent is not None and gevent.monkey.is_module_patched("threading")
+    return _patched
 
 
 def mode_name() -> str:
@@ -114,65 +121,171 @@ def _throw_if_alive(glet, exception_type, guard):
         glet.throw(exception_type)
 
 
-class _TimerThread:
-    """One OS thread and a heap serve every timer in threaded mode."""
+class _TimerHeap:
+    """Timer entries ``[deadline, seq, callback, args, live]`` in one heap.
+
+    Cancelling only marks an entry dead: it leaves the heap when it reaches the
+    top. A time limit of 30 minutes cancelled a millisecond after it was set
+    would otherwise sit there for 30 minutes, so the heap is rebuilt from its
+    live entries whenever the dead ones outnumber them.
+    """
+
+    __slots__ = ("heap", "live", "_counter")
 
     def __init__(self):
-        self._heap = []
+        self.heap = []
+        self.live = 0
         self._counter = itertools.count()
+
+    def push(self, delay, callback, args):
+        entry = [time.monotonic() + delay, next(self._counter), callback, args, True]
+        heapq.heappush(self.heap, entry)
+        self.live += 1
+        return entry
+
+    def cancel(self, entry):
+        if entry[4]:
+            entry[4] = False
+            self.live -= 1
+            if len(self.heap) > 1024 and len(self.heap) > 2 * self.live:
+                self.heap = [e for e in self.heap if e[4]]
+                heapq.heapify(self.heap)
+
+    def pop_due(self, now):
+        """Take out the live entries due by ``now`` (and the dead ones on top)."""
+        heap, due = self.heap, []
+        while heap and (heap[0][0] <= now or not heap[0][4]):
+            entry = heapq.heappop(heap)
+            if entry[4]:
+                entry[4] = False
+                self.live -= 1
+                due.append(entry)
+        return due
+
+    def next_deadline(self):
+        return self.heap[0][0] if self.heap else None
+
+
+def _fire(entries):
+    for entry in entries:
+        try:
+            entry[2](*entry[3])
+        except Exception:  # one callback's bug must not stop the others
+            logging.getLogger("greenq.concurrency").exception("A timer callback failed.")
+
+
+class _TimerThread:
+    """Threaded mode: one OS thread serves every timer from the heap."""
+
+    def __init__(self):
+        self._timers = _TimerHeap()
         self._cond = threading.Condition()
         self._thread = None
 
     def schedule(self, delay, callback, args):
-        entry = [time.monotonic() + delay, next(self._counter), callback, args, True]
         with self._cond:
-            heapq.heappush(self._heap, entry)
+            entry = self._timers.push(delay, callback, args)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="greenq-timers", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._timers.heap[0] is entry:
+                self._cond.notify()
         return entry
+
+    def cancel(self, entry):
+        with self._cond:
+            self._timers.cancel(entry)
 
     def _loop(self):
         while True:
             with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                entry = self._heap[0]
-                delay = entry[0] - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
+                due = self._timers.pop_due(time.monotonic())
+                if not due:
+                    deadline = self._timers.next_deadline()
+                    self._cond.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
                     continue
-                heapq.heappop(self._heap)
-            if entry[4]:
-                entry[2](*entry[3])
+            _fire(due)
+
+
+class _HubTimers:
+    """Under gevent: every timer of one hub in the heap, behind one loop timer armed for the earliest.
+
+    A loop timer per message costs more than the message's own work in a no-op
+    job; pushing on a heap costs a fraction of it. The loop timer is unreferenced,
+    so timers alone (a cancelled time limit in particular) never keep a hub alive.
+    """
+
+    def __init__(self, hub):
+        self._loop = hub.loop
+        self._timers = _TimerHeap()
+        self._watcher = None
+        self._armed = None  # the deadline the loop timer is set for
+
+    def schedule(self, delay, callback, args):
+        entry = self._timers.push(delay, callback, args)
+        if self._armed is None or entry[0] < self._armed:
+            self._arm(entry[0])
+        return entry
+
+    def cancel(self, entry):
+        self._timers.cancel(entry)  # the loop timer stays: when it fires with nothing due it re-arms
+
+    def _arm(self, deadline):
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+        self._armed = deadline
+        self._watcher = self._loop.timer(max(0.0, deadline - time.monotonic()), ref=False)
+        self._watcher.start(self._on_timer)
+
+    def _on_timer(self):
+        self._watcher.close()
+        self._watcher = self._armed = None
+        _fire(self._timers.pop_due(time.monotonic()))
+        deadline = self._timers.next_deadline()
+        if deadline is not None and self._watcher is None:  # a callback may have armed it already
+            self._arm(deadline)
 
 
 _timer_thread = _TimerThread()
+_hub_timers = {}       # hub -> _HubTimers
+_last_hub = [None, None]  # the hub of the last lookup and its timers: almost always the only hub
+
+
+def _timers_of_this_hub():
+    hub = gevent.get_hub()
+    if _last_hub[0] is not hub:
+        timers = _hub_timers.get(hub)
+        if timers is None:
+            timers = _hub_timers[hub] = _HubTimers(hub)
+        _last_hub[:] = [hub, timers]
+    return _last_hub[1]
+
+
+def _forget_hubs():
+    """A forked child starts a fresh loop: the parent's timers are not its own."""
+    _hub_timers.clear()
+    _last_hub[:] = [None, None]
+
+
+os.register_at_fork(after_in_child=_forget_hubs)
 
 
 class Timer:
     """Calls ``callback(*args)`` once after ``delay`` seconds unless cancelled.
 
-    Under gevent it is a libev/libuv timer on the hub: no greenlet per timer, and
-    the callback runs in the hub, so it must not block.
+    Under gevent the callback runs in the hub (so it must not block), from one
+    heap per hub; under threads, on the shared timer thread.
     """
 
+    __slots__ = ("_owner", "_entry")
+
     def __init__(self, delay, callback, *args):
-        if using_gevent():
-            self._impl = gevent.get_hub().loop.timer(max(delay, 0))
-            self._impl.start(callback, *args)
-            self._entry = None
-        else:
-            self._impl = None
-            self._entry = _timer_thread.schedule(max(delay, 0), callback, args)
+        self._owner = _timers_of_this_hub() if using_gevent() else _timer_thread
+        self._entry = self._owner.schedule(max(delay, 0), callback, args)
 
     def cancel(self):
-        if self._impl is not None:
-            self._impl.stop()
-            self._impl.close()
-        else:
-            self._entry[4] = False
+        self._owner.cancel(self._entry)
 
 
 def start_os_thread(target, *args, name="greenq-os-thread"):

@@ -34,6 +34,7 @@ _FIELD_TYPES = {
     "message_id": str,
     "message_timestamp": int,
 }
+_FIELD_SET = frozenset(FIELDS)
 
 
 class Encoder:
@@ -163,6 +164,24 @@ class Message:
             fields = _encoder.decode(data)
         except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
             raise DecodeError(f"payload is not valid {type(_encoder).__name__} data: {e}", data) from None
+        # The common case, checked in one pass: exactly the seven fields with their
+        # plain JSON types. The containers were just parsed, so nobody else holds
+        # them and they are wrapped without the copies ``__init__`` makes. Anything
+        # else takes the slow path, which names what is wrong.
+        if type(fields) is dict and fields.keys() == _FIELD_SET:
+            queue_name, actor_name, message_id = fields["queue_name"], fields["actor_name"], fields["message_id"]
+            args, kwargs, options = fields["args"], fields["kwargs"], fields["options"]
+            timestamp = fields["message_timestamp"]
+            if (type(queue_name) is str and type(actor_name) is str and type(message_id) is str
+                    and queue_name and actor_name and message_id and type(args) is list
+                    and type(kwargs) is dict and type(options) is dict and type(timestamp) is int):
+                message = object.__new__(cls)
+                message.__dict__.update(
+                    queue_name=queue_name, actor_name=actor_name, args=tuple(args),
+                    kwargs=MappingProxyType(kwargs), options=MappingProxyType(options),
+                    message_id=message_id, message_timestamp=timestamp,
+                )
+                return message
         return cls.from_dict(fields, data)
 
     @classmethod

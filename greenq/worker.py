@@ -50,13 +50,16 @@ class _Guard:
     no interrupt can land in worker code.
     """
 
-    __slots__ = ("state", "handle", "pending", "lock")
+    __slots__ = ("state", "handle", "pending")
+
+    #: One real OS lock for every guard: it is held for a few bytecodes and never
+    #: across a switch, so it is cheaper than a (cooperative) lock per message.
+    lock = concurrency.original("_thread", "allocate_lock")()
 
     def __init__(self):
         self.state = "pending"
         self.handle = None
         self.pending = None
-        self.lock = threading.Lock()
 
     def interrupt(self, exception_type):
         with self.lock:

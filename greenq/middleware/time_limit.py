@@ -12,7 +12,6 @@ processes (``after_process_boot``), never in a process that merely sends.
 import logging
 import os
 import signal
-import threading
 import time
 
 from .. import concurrency
@@ -33,7 +32,6 @@ class TimeLimit(Middleware):
         self._timers = {}
         self._deadlines = {}  # message id -> monotonic time past which the process is killed
         self._watchdog = False
-        self._lock = threading.Lock()
 
     def after_process_boot(self, broker):
         if self.sigkill_delay is not None and not self._watchdog:

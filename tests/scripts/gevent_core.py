@@ -136,5 +136,13 @@ def shutdown():
     return seen
 
 
+def timers():
+    """concurrency.Timer under gevent: the scenario tests/test_timers.py also runs in threads mode."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
+    from test_timers import timer_scenario
+
+    return timer_scenario()
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]]()))
