@@ -1,5 +1,11 @@
 """Pipelined, confirmed publishing on the publish link.
 
+The channel is always in confirm mode, whatever the broker's
+``confirm_delivery``: that option only decides whether ``send()`` waits for the
+confirm (``Link.call``) or hands the publish over (``Link.submit``). Either way
+the publisher knows which messages RabbitMQ has not confirmed yet, so a lost
+connection republishes them and ``close()`` / interpreter exit can wait for them.
+
 pika's ``BlockingChannel`` waits for each publisher confirm before the next
 publish, so the link's single owner would publish one message per round trip
 (with persistent messages, one disk sync of the server's batch) whatever the
@@ -15,13 +21,15 @@ caller gets ``QueueNotFound``.
 
 After a lost connection, unconfirmed messages are published again on the new
 connection (at-least-once); a channel closed by RabbitMQ itself (e.g. a missing
-exchange) fails the messages it carried.
+exchange) fails the messages it carried. A forked child forgets the parent's
+unconfirmed messages (the parent publishes them again itself if it must).
 
 Everything here runs in the publish link's owner.
 """
 
 import collections
 import logging
+import os
 
 import pika.exceptions
 
@@ -50,17 +58,25 @@ class _Batch:
 
 
 class Publisher:
-    def __init__(self, broker, confirm=True):
+    def __init__(self, broker):
         self.broker = broker
-        self.confirm = confirm
+        self._reset()
+
+    def _reset(self):
+        self.pid = os.getpid()
         self.channel = None
         self.generation = None
         self.tag = 0
-        self.unconfirmed = collections.OrderedDict()  # delivery tag -> (item, batch)
+        self.unconfirmed = collections.OrderedDict()  # delivery tag -> (item, batch), in tag order
         self.returned = {}  # message_id -> reply text of a Basic.Return not yet acked
+
+    def _check_fork(self):
+        if os.getpid() != self.pid:
+            self._reset()  # a forked child: the parent's unconfirmed messages are the parent's
 
     def on_reconnect(self, link):
         """Publish again what the lost connection left unconfirmed."""
+        self._check_fork()
         if self.unconfirmed:
             self._open(link)
 
@@ -70,33 +86,28 @@ class Publisher:
         The ``Pending`` is also appended to ``started`` as soon as the messages are
         registered, so a caller rerun after a lost connection does not send them twice.
         """
+        self._check_fork()
         if self.channel is None or self.generation != link.generation or not self.channel.is_open:
             self._open(link)
         batch = _Batch(len(items))
-        entries = []
         for item in items:  # registered before sending: if the connection drops midway, all go again
-            if self.confirm:
-                self.tag += 1
-                self.unconfirmed[self.tag] = (item, batch)
-            entries.append(item)
+            self.tag += 1
+            self.unconfirmed[self.tag] = (item, batch)
         started.append(batch.pending)
-        for item in entries:
+        for item in items:
             self._send(item)
-        if not self.confirm:
-            batch.pending.resolve(None)
         return batch.pending
 
     def _open(self, link):
         blocking = link.connection.channel()
         channel = blocking._impl
-        if self.confirm:
-            # Confirm mode on the asynchronous side only: BlockingChannel's own
-            # confirm handling expects one blocking publish per ack.
-            selected = []
-            channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
-            while not selected:
-                link.connection.process_data_events(time_limit=0.005)  # returns only on its timer here
-            channel.add_on_return_callback(self._on_return)
+        # Confirm mode on the asynchronous side only: BlockingChannel's own
+        # confirm handling expects one blocking publish per ack.
+        selected = []
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
+        while not selected:
+            link.connection.process_data_events(time_limit=0.005)  # returns only on its timer here
+        channel.add_on_return_callback(self._on_return)
         channel.add_on_close_callback(self._on_close)
         self._blocking = blocking
         self.channel = channel
@@ -115,12 +126,16 @@ class Publisher:
 
     def _send(self, item):
         exchange, routing_key, body, properties = item
-        self.channel.basic_publish(exchange, routing_key, body, properties, mandatory=self.confirm)
+        self.channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
 
     def _on_confirm(self, frame):
         method = frame.method
-        if method.multiple:
-            tags = [tag for tag in self.unconfirmed if tag <= method.delivery_tag]
+        if method.multiple:  # the oldest entries, up to the tag: stop at the first one past it
+            tags = []
+            for tag in self.unconfirmed:
+                if tag > method.delivery_tag:
+                    break
+                tags.append(tag)
         else:
             tags = [method.delivery_tag] if method.delivery_tag in self.unconfirmed else []
         nack = isinstance(method, pika.spec.Basic.Nack)

@@ -10,10 +10,18 @@ operation for the others (see ``_amqp_link``). Connections are named
 
 Guarantees. Queues are durable, messages persistent (``delivery_mode=2``), and
 with ``confirm_delivery=True`` (the default) ``enqueue`` returns only once
-RabbitMQ has confirmed it stored the message. A consumer's channel has
-``basic_qos(prefetch)``, the worker's capacity, so RabbitMQ dispatches fairly
-between workers; a message is acked only after the worker settled it, so a
-worker that dies (even ``kill -9``) leaves its messages to be redelivered.
+RabbitMQ has confirmed it stored the message. With ``confirm_delivery=False``
+``enqueue`` hands the message to the publish link's owner and returns at once;
+the owner still publishes with confirms, so at most ``detached_limit`` (1000)
+are unconfirmed before senders wait, a lost connection republishes them, a
+refusal (e.g. the queue was deleted) is logged, and ``close()`` and interpreter
+exit wait (up to ``publish_timeout``) until RabbitMQ confirmed them all.
+Dead letters are always confirmed before the original is acked.
+
+A consumer's channel has ``basic_qos(prefetch)``, the worker's capacity, so
+RabbitMQ dispatches fairly between workers; a message is acked only after the
+worker settled it, so a worker that dies (even ``kill -9``) leaves its messages
+to be redelivered.
 After a dropped connection or a broker restart both links reconnect with backoff;
 publishes in progress are retried (at-least-once), consumers subscribe again.
 
@@ -101,7 +109,7 @@ class RabbitmqBroker(Broker):
         self.publish_timeout = publish_timeout
         self._arguments = topology.QueueArguments(queue_type, max_priority, delivery_limit, dead_message_ttl)
         self._publish_link = Link(url, "publish")
-        self._publisher = Publisher(self, confirm=confirm_delivery)
+        self._publisher = Publisher(self)
         self._publish_link.add_on_connect(self._publisher.on_reconnect)
         self._consume_link = Link(url, "consume")
         self._channels = {}  # key -> (generation, channel); touched only by the publish link's owner
@@ -158,11 +166,14 @@ class RabbitmqBroker(Broker):
         return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
                                     message_id=message_id, priority=priority, headers=headers)
 
-    def _publish(self, items):
-        """Publish ``[(exchange, routing_key, body, properties)]`` and wait for RabbitMQ's confirms.
+    def _publish(self, items, wait=True):
+        """Publish ``[(exchange, routing_key, body, properties)]``; with ``wait``, until RabbitMQ confirmed them.
 
         Pipelined with every other greenlet's publishes (see ``_amqp_publisher``);
-        after a reconnection unconfirmed messages go again (at-least-once).
+        after a reconnection unconfirmed messages go again (at-least-once). Without
+        ``wait`` the publish link's owner takes them over and the caller goes on: a
+        bounded number are outstanding at a time, ``close()`` and interpreter exit
+        wait for their confirms, and a refusal is logged (see ``Link.submit``).
         """
         started = []
 
@@ -171,7 +182,10 @@ class RabbitmqBroker(Broker):
                 return started[0]
             return self._publisher.publish(link, items, started)
 
-        self._publish_link.call(run, timeout=self.publish_timeout, retry=True)
+        if wait:
+            self._publish_link.call(run, timeout=self.publish_timeout, retry=True)
+        else:
+            self._publish_link.submit(run, timeout=self.publish_timeout, retry=True)
 
     def _publish_refused(self, item, reason):
         exchange, routing_key = item[0], item[1]
@@ -191,7 +205,7 @@ class RabbitmqBroker(Broker):
                 route = topology.delay_route(message.queue_name, eta - now)
             exchange, routing_key = route or ("", message.queue_name)
             items.append((exchange, routing_key, message.encode(), self._properties(message.message_id, priority)))
-        self._publish(items)
+        self._publish(items, wait=self.confirm_delivery)
 
     def _publish_dead(self, messages, queue_name=None):
         """Dead-letter to ``queue_name``'s ``.XQ`` (default: each message's own queue)."""
@@ -356,8 +370,14 @@ class RabbitmqBroker(Broker):
         self._publish_link.call(lambda link: None, timeout=10.0)
 
     def close(self):
+        """Close consumers and links, once RabbitMQ confirmed what sends handed over (``publish_timeout``)."""
         for consumer in list(self._consumers):
             consumer.close()
+        left = self._publish_link.flush(self.publish_timeout)
+        if left:
+            logger.error("Closing %r with %d publish(es) not confirmed by RabbitMQ after %gs: they may be lost%s",
+                         self, left, self.publish_timeout,
+                         f" ({self._publish_link.last_error})" if self._publish_link.last_error else "")
         self._publish_link.close()
         self._consume_link.close()
 
