@@ -303,6 +303,20 @@ def start_os_thread(target, *args, name="greenq-os-thread"):
     return thread.ident
 
 
+def resolve_names_in_this_thread():
+    """On an OS thread of greenq's own that opens (patched) sockets: look host names up on it.
+
+    gevent's default resolver hands each lookup to a pool of native threads
+    belonging to the calling thread's hub: one more thread, and its memory, for
+    every OS thread that connects anywhere. A heartbeat thread exists to block
+    without holding anyone up, so it can just as well block in the lookup.
+    """
+    if using_gevent():
+        from gevent.resolver.blocking import Resolver
+
+        gevent.get_hub().resolver = Resolver()
+
+
 def os_sleep(seconds):
     """Sleep on a real OS thread (``time.sleep`` may be patched into a hub switch)."""
     if using_gevent():

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import require_server
+
 SCRIPT = Path(__file__).parent / "scripts" / "gevent_core.py"
 
 
-def run(scenario):
-    out = subprocess.run([sys.executable, str(SCRIPT), scenario], capture_output=True, text=True, timeout=120)
+def run(scenario, *extra):
+    out = subprocess.run([sys.executable, str(SCRIPT), scenario, *extra], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -39,3 +42,10 @@ def test_shutdown_reaches_a_greenlet_blocked_in_io():
     # Unfinished work, not a failure: back on the queue as it came, not retried or dead-lettered.
     assert result["dead"] == 0
     assert result["counts"] == {"ready": 1, "delayed": 0, "in_flight": 0, "dead": 0}
+
+
+def test_an_os_thread_of_ours_looks_names_up_without_a_resolver_thread():
+    """The Redis heartbeat's OS thread connects by name; gevent's resolver would add a thread for it."""
+    require_server("Redis", "127.0.0.1", 6379)
+    assert run("lookup_in_os_thread", "pool") == {"added": 1}  # what it costs without the call
+    assert run("lookup_in_os_thread", "here") == {"added": 0}

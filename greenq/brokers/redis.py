@@ -348,8 +348,9 @@ class _Heartbeat:
         self.running = False
 
     def _loop(self):
-        from ..concurrency import os_sleep
+        from ..concurrency import os_sleep, resolve_names_in_this_thread
 
+        resolve_names_in_this_thread()
         client = None
         while self.running:
             os_sleep(self.interval)

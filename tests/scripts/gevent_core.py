@@ -144,5 +144,32 @@ def timers():
     return timer_scenario()
 
 
+def lookup_in_os_thread():
+    """An OS thread that connects by host name after resolve_names_in_this_thread(): no resolver thread."""
+    import os
+    import socket
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    seen = {}
+    done = threading.Event()
+
+    def connect(resolve_here):
+        try:
+            if resolve_here:
+                concurrency.resolve_names_in_this_thread()
+            before = threads()
+            socket.create_connection(("localhost", 6379), timeout=10).close()
+            seen["added"] = threads() - before
+        except Exception as e:  # reported, not lost in a thread nobody joins
+            seen["error"] = repr(e)
+        done.set()
+
+    concurrency.start_os_thread(connect, sys.argv[2] == "here")
+    done.wait(30)
+    return seen
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]]()))
