@@ -76,7 +76,8 @@ def make_broker(name, tmp_path):
         require_server("RabbitMQ", "127.0.0.1", 5672)
         from greenq.brokers.rabbitmq import RabbitmqBroker
 
-        broker = RabbitmqBroker(url=RABBITMQ_URL)
+        # The contract includes broker-side priorities, which RabbitMQ has only when asked for.
+        broker = RabbitmqBroker(url=RABBITMQ_URL, max_priority=10)
 
         def cleanup():
             broker.delete_queues()

@@ -288,6 +288,37 @@ def test_redeclaring_with_other_arguments_gives_a_clear_error(brokers, queue_nam
 # --- priorities, delays, dead letters -----------------------------------------------------------
 
 
+def test_priorities_are_off_by_default_and_arrival_order_holds(brokers, queue_name):
+    """As in Dramatiq: no ``x-max-priority`` unless asked for (a priority queue costs throughput)."""
+    broker = brokers()
+
+    @greenq.actor(queue_name=queue_name, priority=0, broker=broker)
+    def low():
+        pass
+
+    @greenq.actor(queue_name=queue_name, priority=5, broker=broker)
+    def high():
+        pass
+
+    low.send()
+    high.send()
+    consumer = broker.consume(queue_name, prefetch=2)
+    got = fetch_all(consumer, 2)
+    assert [m.actor_name for m in got] == ["low", "high"]
+    assert all(m.receipt is not None for m in got)
+    consumer.ack(got)
+    consumer.close()
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        # RabbitMQ refuses (406) a declare whose arguments differ from the queue's, so this
+        # succeeds only if the queue really has no x-max-priority.
+        arguments = broker._arguments.work(queue_name)
+        assert "x-max-priority" not in arguments
+        connection.channel().queue_declare(queue_name, durable=True, arguments=arguments)
+    finally:
+        connection.close()
+
+
 def test_priorities_above_the_maximum_count_as_the_maximum(brokers, queue_name):
     broker = brokers(max_priority=3)
 

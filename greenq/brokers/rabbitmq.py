@@ -30,10 +30,13 @@ holds dead letters for ``dead_message_ttl`` (7 days), and ``<queue>.DQ.<k>``
 form a ladder of queue-level TTLs that RabbitMQ itself walks a delayed message
 down, 32 ms precision, no worker memory involved.
 
-Priorities. ``max_priority`` (10 by default for classic queues) sets
-``x-max-priority``; an actor priority above it counts as the maximum. Quorum
-queues have no priorities on RabbitMQ before 3.13, so ``queue_type="quorum"``
-turns them off; it declares ``x-queue-type: quorum`` and ``x-delivery-limit``
+Priorities. ``max_priority`` (off by default, as in Dramatiq) sets
+``x-max-priority``; an actor priority above it counts as the maximum. Off,
+RabbitMQ delivers in arrival order and each worker still runs the most urgent
+of the messages it holds. A priority queue is a queue per level inside
+RabbitMQ: measured here, it costs 15-60% of the no-op throughput, which is
+why it is opt-in. Quorum queues have no priorities on RabbitMQ before 3.13;
+``queue_type="quorum"`` declares ``x-queue-type: quorum`` and ``x-delivery-limit``
 (``delivery_limit``, 20 by default) instead, so a message that keeps killing its
 worker (or keeps being requeued) is dead-lettered to ``<queue>.XQ`` by RabbitMQ.
 
@@ -79,18 +82,15 @@ if logging.getLogger("pika").level == logging.NOTSET:
     logging.getLogger("pika").setLevel(logging.WARNING)
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-_UNSET = object()
 
 
 class RabbitmqBroker(Broker):
     """A broker on RabbitMQ. ``url`` is an AMQP URL; its vhost separates tenants."""
 
-    def __init__(self, url=DEFAULT_URL, *, confirm_delivery=True, max_priority=_UNSET, queue_type="classic",
+    def __init__(self, url=DEFAULT_URL, *, confirm_delivery=True, max_priority=None, queue_type="classic",
                  dead_message_ttl=DEAD_MESSAGE_TTL, delivery_limit=20, publish_timeout=30.0, middleware=None):
         if queue_type not in ("classic", "quorum"):
             raise ValueError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
-        if max_priority is _UNSET:
-            max_priority = 10 if queue_type == "classic" else None
         if max_priority is not None:
             if queue_type == "quorum":
                 raise ValueError("quorum queues have no priorities (RabbitMQ < 3.13): "
