@@ -631,3 +631,27 @@ def test_consumer_acks_are_not_held_up_by_an_idle_fetch(brokers, queue_name):
     fetching.join(10)
     assert fetching_still and took < 4.0, took  # the ack did not wait for the 5 s fetch to time out
     assert broker.queue_counts(queue_name)["in_flight"] == 0
+
+
+def test_a_consumer_asking_for_more_never_lets_rabbitmq_push_past_what_it_asked_for(brokers, queue_name):
+    """A fetch beyond the prefetch raises RabbitMQ's limit to held + count, buffered deliveries included.
+
+    Counting the buffer twice let the limit creep up fetch after fetch, so RabbitMQ
+    pushed ever more messages into one worker's memory (and away from other workers).
+    """
+    broker = brokers()
+    broker.enqueue_many([Message(queue_name=queue_name, actor_name="a", args=(i,), kwargs={}, options={})
+                         for i in range(40)])
+    consumer = broker.consume(queue_name, prefetch=2)
+    held = []
+    for _ in range(12):
+        # Let RabbitMQ push what the current limit allows, so the next fetch meets a buffer.
+        deadline = time.monotonic() + 10
+        while len(consumer._buffer) + len(consumer._held) < consumer._qos and time.monotonic() < deadline:
+            time.sleep(0.005)
+        before = len(consumer._held)
+        held += consumer.fetch(3, 5)
+        assert consumer._qos <= max(consumer.prefetch, before + 3)
+    assert len(held) >= 12  # every fetch got something
+    consumer.ack(held)
+    consumer.close()

@@ -163,7 +163,7 @@ class RabbitmqConsumer(Consumer):
     def fetch(self, count, timeout):
         deadline = time.monotonic() + timeout
         with self._cond:
-            wanted = len(self._held) + len(self._buffer) + count
+            wanted = len(self._held) + count  # unacked after this fetch; buffered deliveries are part of count
         if wanted > self._qos and count > len(self._buffer) and self._global_qos:
             self._raise_qos(wanted)
         with self._cond:
