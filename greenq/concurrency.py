@@ -146,6 +146,7 @@ class _TimerHeap:
     def cancel(self, entry):
         if entry[4]:
             entry[4] = False
+            entry[2] = entry[3] = None  # a dead entry must not keep its message (its args) alive
             self.live -= 1
             if len(self.heap) > 1024 and len(self.heap) > 2 * self.live:
                 self.heap = [e for e in self.heap if e[4]]

@@ -5,10 +5,12 @@ cancelled timer must cost nothing once gone. The same scenario runs in threads
 mode here and under gevent in a fresh patched process (tests/scripts/gevent_core.py).
 """
 
+import gc
 import json
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 from greenq import concurrency
@@ -42,6 +44,18 @@ def timer_scenario():
     concurrency.Timer(0.01, record, "first")
     concurrency.Timer(0.15, record, "cancelled").cancel()
 
+    # A cancelled timer still in the heap must not keep its arguments (a time limit's message) alive
+    # (few entries yet, so no rebuild of the heap drops it instead).
+    class Payload:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    concurrency.Timer(3600, record, payload).cancel()
+    del payload
+    gc.collect()
+    cancelled_args_freed = ref() is None
+
     # Thousands of long timers cancelled at once, as a busy worker's time limits are.
     timers = [concurrency.Timer(3600, record, "never") for _ in range(5000)]
     for timer in timers:
@@ -50,7 +64,8 @@ def timer_scenario():
     after_cancel = {"heap": len(heap.heap), "live": heap.live}
 
     ok = done.wait(30)
-    return {"mode": concurrency.mode_name(), "fired_in_time": ok, "fired": fired, "after_cancel": after_cancel}
+    return {"mode": concurrency.mode_name(), "fired_in_time": ok, "fired": fired, "after_cancel": after_cancel,
+            "cancelled_args_freed": cancelled_args_freed}
 
 
 def check(result):
@@ -60,6 +75,7 @@ def check(result):
     # The 5,000 cancelled timers were dropped from the heap, not kept for their hour.
     assert result["after_cancel"]["heap"] <= 2048
     assert result["after_cancel"]["live"] <= 6
+    assert result["cancelled_args_freed"]
 
 
 def test_timers_in_threads_mode():
