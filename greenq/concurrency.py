@@ -25,6 +25,7 @@ import time
 try:  # gevent is a dependency, but the threaded mode must not need it to be importable.
     import gevent
     import gevent.monkey
+    import gevent.resolver.blocking  # here, not in an OS thread: imports across threads can deadlock under gevent
 except ImportError:  # pragma: no cover
     gevent = None
 
@@ -313,9 +314,7 @@ def resolve_names_in_this_thread():
     without holding anyone up, so it can just as well block in the lookup.
     """
     if using_gevent():
-        from gevent.resolver.blocking import Resolver
-
-        gevent.get_hub().resolver = Resolver()
+        gevent.get_hub().resolver = gevent.resolver.blocking.Resolver()
 
 
 def os_sleep(seconds):

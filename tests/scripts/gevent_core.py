@@ -166,6 +166,9 @@ def lookup_in_os_thread():
             seen["error"] = repr(e)
         done.set()
 
+    import gevent
+
+    gevent.get_hub()  # as in a worker: the hub runs before any OS thread of ours starts
     concurrency.start_os_thread(connect, sys.argv[2] == "here")
     done.wait(30)
     return seen
