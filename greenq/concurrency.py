@@ -245,7 +245,8 @@ class _HubTimers:
         self._watcher = self._armed = None
         _fire(self._timers.pop_due(time.monotonic()))
         deadline = self._timers.next_deadline()
-        if deadline is not None and self._watcher is None:  # a callback may have armed it already
+        # A callback may have armed the loop timer already, possibly for a later deadline.
+        if deadline is not None and (self._armed is None or deadline < self._armed):
             self._arm(deadline)
 
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -36,8 +37,22 @@ def timer_scenario():
     def broken():
         raise RuntimeError("a timer callback's bug")
 
+    chained_due = []
+
+    def chain():
+        # A callback that schedules a later timer must not hold up the earlier ones already waiting.
+        chained_due.append(time.monotonic() + 5)
+        concurrency.Timer(5, record, "chained")
+
+    last_at = []
+
+    def record_last(name):
+        last_at.append(time.monotonic())
+        record(name)
+
     # Scheduled out of order: the later-armed short timers must still fire first.
-    concurrency.Timer(0.30, record, "last")
+    concurrency.Timer(0.30, record_last, "last")
+    concurrency.Timer(0.02, chain)
     concurrency.Timer(0.20, record, "third")
     concurrency.Timer(0.05, broken)
     concurrency.Timer(0.10, record, "second")
@@ -65,7 +80,8 @@ def timer_scenario():
 
     ok = done.wait(30)
     return {"mode": concurrency.mode_name(), "fired_in_time": ok, "fired": fired, "after_cancel": after_cancel,
-            "cancelled_args_freed": cancelled_args_freed}
+            "cancelled_args_freed": cancelled_args_freed,
+            "last_before_chained_was_due": bool(last_at and chained_due and last_at[0] < chained_due[0])}
 
 
 def check(result):
@@ -76,6 +92,7 @@ def check(result):
     assert result["after_cancel"]["heap"] <= 2048
     assert result["after_cancel"]["live"] <= 6
     assert result["cancelled_args_freed"]
+    assert result["last_before_chained_was_due"]
 
 
 def test_timers_in_threads_mode():
