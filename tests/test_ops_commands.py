@@ -180,6 +180,7 @@ def test_enqueue_writes_the_wire_format(setup):
 
 
 @pytest.mark.parametrize("args, error", [
+    (["queues", "-Q", "no-such-queue-{u}"], "queue 'no-such-queue-{u}' does not exist"),
     (["dead", "list", "no-such-queue-{u}"], "queue 'no-such-queue-{u}' does not exist"),
     (["dead", "requeue", "no-such-queue-{u}", "--all"], "queue 'no-such-queue-{u}' does not exist"),
     (["dead", "purge", "no-such-queue-{u}"], "queue 'no-such-queue-{u}' does not exist"),
