@@ -210,7 +210,7 @@ class RabbitmqConsumer(Consumer):
     def _redelay(self, receipt, message, eta):
         """A message that came off the delay ladder early (a delay past its reach): send it round again."""
         logger.debug("Message %s is due in %d ms; delaying it again.", message.message_id, eta - current_millis())
-        self.broker._publish_messages([(message, eta, self.broker.priority_of(message))])
+        self.broker._publish_messages([(message, eta, self.broker.priority_of(message))], wait=True)
         self._settle([receipt])
 
     def _settle(self, receipts, requeue=False):

@@ -195,8 +195,13 @@ class RabbitmqBroker(Broker):
                                  f"the queue does not exist; was it deleted? ({reason})")
         return BrokerError(f"RabbitMQ at {redact_url(self.url)} did not store a message for {where}: {reason}")
 
-    def _publish_messages(self, entries):
-        """Publish ``[(message, eta, priority)]`` to their queues, ready now or down the delay ladder."""
+    def _publish_messages(self, entries, wait=None):
+        """Publish ``[(message, eta, priority)]`` to their queues, ready now or down the delay ladder.
+
+        ``wait`` defaults to ``confirm_delivery``; greenq's own moves of a message
+        (sending it round the delay ladder again) always wait, since the original
+        is acked right after.
+        """
         now = current_millis()
         items = []
         for message, eta, priority in entries:
@@ -205,7 +210,7 @@ class RabbitmqBroker(Broker):
                 route = topology.delay_route(message.queue_name, eta - now)
             exchange, routing_key = route or ("", message.queue_name)
             items.append((exchange, routing_key, message.encode(), self._properties(message.message_id, priority)))
-        self._publish(items, wait=self.confirm_delivery)
+        self._publish(items, wait=self.confirm_delivery if wait is None else wait)
 
     def _publish_dead(self, messages, queue_name=None):
         """Dead-letter to ``queue_name``'s ``.XQ`` (default: each message's own queue)."""
@@ -337,7 +342,7 @@ class RabbitmqBroker(Broker):
             message = self._dead_message(queue_name, properties, body)
             if wanted is not None and message.message_id not in wanted:
                 return 0
-            publisher = self._owner_channel(link, "requeue", confirm=self.confirm_delivery)
+            publisher = self._owner_channel(link, "requeue", confirm=True)  # confirmed before the dead letter goes
             publisher.basic_publish("", queue_name, body,
                                     self._properties(message.message_id, self.priority_of(message)))
             channel.basic_ack(method.delivery_tag)
