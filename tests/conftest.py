@@ -118,3 +118,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("long") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def rabbitmq_brokers():
+    """Build RabbitmqBrokers (``boot=True`` also runs ``process_boot``); each one's queues are deleted and its
+    links closed at the end."""
+    require_server("RabbitMQ", "127.0.0.1", 5672)
+    from greenq.brokers.rabbitmq import RabbitmqBroker
+
+    made = []
+
+    def make(url=RABBITMQ_URL, *, boot=False, **options):
+        broker = RabbitmqBroker(url=url, **options)
+        if boot:
+            broker.emit_after("process_boot")
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        try:
+            broker.delete_queues()
+        finally:
+            broker.close()

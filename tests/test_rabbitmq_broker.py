@@ -5,6 +5,7 @@ declared, so tests of other helpers on the same server never see each other.
 Restart tests (stop_app / start_app) live in test_rabbitmq_restart.py.
 """
 
+import functools
 import json
 import logging
 import os
@@ -36,24 +37,9 @@ def _rabbitmq():
 
 
 @pytest.fixture
-def brokers():
-    """Build RabbitmqBrokers; each one's queues are deleted and its links closed at the end."""
-    from greenq.brokers.rabbitmq import RabbitmqBroker
-
-    made = []
-
-    def make(url=RABBITMQ_URL, **options):
-        broker = RabbitmqBroker(url=url, **options)
-        broker.emit_after("process_boot")
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        try:
-            broker.delete_queues()
-        finally:
-            broker.close()
+def brokers(rabbitmq_brokers):
+    """Booted RabbitmqBrokers, cleaned up at the end (see conftest.py)."""
+    return functools.partial(rabbitmq_brokers, boot=True)
 
 
 @pytest.fixture

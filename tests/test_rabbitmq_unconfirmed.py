@@ -12,6 +12,7 @@ that waits on an event (``hold_owner``), so nothing depends on timing. Each test
 uses its own queue (``queue_name``) and deletes what it declared.
 """
 
+import functools
 import json
 import logging
 import os
@@ -40,24 +41,9 @@ def _rabbitmq():
 
 
 @pytest.fixture
-def brokers():
-    """Build unconfirmed RabbitmqBrokers; each one's queues are deleted and its links closed at the end."""
-    from greenq.brokers.rabbitmq import RabbitmqBroker
-
-    made = []
-
-    def make(**options):
-        options.setdefault("confirm_delivery", False)
-        broker = RabbitmqBroker(url=RABBITMQ_URL, **options)
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        try:
-            broker.delete_queues()
-        finally:
-            broker.close()
+def brokers(rabbitmq_brokers):
+    """Unconfirmed RabbitmqBrokers, cleaned up at the end (see conftest.py)."""
+    return functools.partial(rabbitmq_brokers, confirm_delivery=False)
 
 
 @pytest.fixture
