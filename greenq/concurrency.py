@@ -251,24 +251,20 @@ class _HubTimers:
 
 
 _timer_thread = _TimerThread()
-_hub_timers = {}       # hub -> _HubTimers
-_last_hub = [None, None]  # the hub of the last lookup and its timers: almost always the only hub
+_hub_timers = {}  # hub -> _HubTimers
 
 
 def _timers_of_this_hub():
     hub = gevent.get_hub()
-    if _last_hub[0] is not hub:
-        timers = _hub_timers.get(hub)
-        if timers is None:
-            timers = _hub_timers[hub] = _HubTimers(hub)
-        _last_hub[:] = [hub, timers]
-    return _last_hub[1]
+    timers = _hub_timers.get(hub)
+    if timers is None:
+        timers = _hub_timers[hub] = _HubTimers(hub)
+    return timers
 
 
 def _forget_hubs():
     """A forked child starts a fresh loop: the parent's timers are not its own."""
     _hub_timers.clear()
-    _last_hub[:] = [None, None]
 
 
 os.register_at_fork(after_in_child=_forget_hubs)
