@@ -456,9 +456,15 @@ def _periodic_job(broker, queue_name, ran):
     return job
 
 
-def _due_now(store, key):
-    """Record the tick before the current one as fired, so the current one is due (and not late)."""
-    latest = Every(10).last_at_or_before(int(time.time() * 1000))
+def _due_now(store, key, monkeypatch):
+    """Record the tick before the current one as fired, so the current one is due (and not late).
+
+    The schedulers' clock stops here for the rest of the test: a slow worker run must not
+    carry it over a tick boundary, where the next tick would be due as well.
+    """
+    now = int(time.time() * 1000)
+    monkeypatch.setattr("greenq.scheduling.scheduler.current_millis", lambda: now)
+    latest = Every(10).last_at_or_before(now)
     store.set_fired(key, latest - 10000)
     return latest
 
@@ -486,12 +492,12 @@ def test_a_crash_between_claim_and_send_is_taken_over_and_the_tick_sent(broker_a
     first = Scheduler(store=store, lease_ttl=1000, misfire_grace=20000)
     entry = first.entries_for(broker)[0]
     assert entry.actor is job
-    tick = _due_now(store, entry.key)
+    tick = _due_now(store, entry.key, monkeypatch)
 
-    monkeypatch.setattr(broker, "enqueue", _crash)
-    with pytest.raises(Crash):
-        first._fire_due(broker, entry)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(broker, "enqueue", _crash)
+        with pytest.raises(Crash):
+            first._fire_due(broker, entry)
     claim = store.schedule_state(entry.key).pending
     assert claim is not None and claim.tick == tick and claim.holder == first.holder and sent.ticks == []
 
@@ -524,12 +530,12 @@ def test_a_crash_after_the_send_before_the_confirm_runs_the_tick_once(broker_and
     _periodic_job(broker, queue_name, recorder)
     first = Scheduler(store=store, lease_ttl=1000, misfire_grace=20000)
     entry = first.entries_for(broker)[0]
-    tick = _due_now(store, entry.key)
+    tick = _due_now(store, entry.key, monkeypatch)
 
-    monkeypatch.setattr(store, "confirm_tick", _crash)
-    with pytest.raises(Crash):
-        first._fire_due(broker, entry)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "confirm_tick", _crash)
+        with pytest.raises(Crash):
+            first._fire_due(broker, entry)
     assert sent.ticks == [tick] and store.schedule_state(entry.key).pending.tick == tick
     copy1 = sent.messages[0].options["scheduled_copy"]
 
