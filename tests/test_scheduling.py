@@ -323,7 +323,7 @@ class Sent(Middleware):
 
 
 @pytest.mark.parametrize("catch_up", [True, False])
-def test_first_sight_fires_nothing_and_downtime_fires_once_or_skips(store, catch_up, caplog):
+def test_first_sight_fires_nothing_and_downtime_fires_once_or_skips(store, catch_up, caplog, monkeypatch):
     broker = StubBroker()
     sent = Sent()
     broker.add_middleware(sent)
@@ -334,15 +334,15 @@ def test_first_sight_fires_nothing_and_downtime_fires_once_or_skips(store, catch
 
     scheduler = Scheduler(store=store, lease_ttl=1000, misfire_grace=0)
     entry = scheduler.entries_for(broker)[0]
-    now = int(time.time() * 1000)
+    now = _stop_clock(monkeypatch)
     next_tick = scheduler._fire_due(broker, entry)  # first sight: a baseline, nothing fired
-    assert sent.ticks == [] and now < next_tick <= now + 10000 + 50
+    assert sent.ticks == [] and now < next_tick <= now + 10000
     # Pretend the deployment was down for five intervals.
     store.set_fired(entry.key, now - 50000)
     caplog.set_level(logging.WARNING, logger="greenq.scheduling")
     scheduler._fire_due(broker, entry)
     scheduler._fire_due(broker, entry)
-    latest = Every(10).last_at_or_before(int(time.time() * 1000))
+    latest = Every(10).last_at_or_before(now)
     assert sent.ticks == ([latest] if catch_up else [])
     assert store.schedule_state(entry.key) == ScheduleState(latest, None)
     assert ("fired once" if catch_up else "skipped") in caplog.text
@@ -456,15 +456,20 @@ def _periodic_job(broker, queue_name, ran):
     return job
 
 
-def _due_now(store, key, monkeypatch):
-    """Record the tick before the current one as fired, so the current one is due (and not late).
+def _stop_clock(monkeypatch):
+    """Stop the schedulers' clock now, for the rest of the test, and return its reading.
 
-    The schedulers' clock stops here for the rest of the test: a slow worker run must not
-    carry it over a tick boundary, where the next tick would be due as well.
+    A test that works out which tick is due must not be carried over a tick boundary by a
+    slow step (a worker run, a loaded machine), where the next tick would be due as well.
     """
     now = int(time.time() * 1000)
     monkeypatch.setattr("greenq.scheduling.scheduler.current_millis", lambda: now)
-    latest = Every(10).last_at_or_before(now)
+    return now
+
+
+def _due_now(store, key, monkeypatch):
+    """Record the tick before the current one as fired, so the current one is due (and not late)."""
+    latest = Every(10).last_at_or_before(_stop_clock(monkeypatch))
     store.set_fired(key, latest - 10000)
     return latest
 
