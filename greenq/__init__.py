@@ -10,15 +10,12 @@ __version__ = "0.1.0"
 from . import errors, middleware, results  # results: registers the store_results / result_ttl options
 from .actor import Actor, actor
 from .broker import Broker, Consumer, declare_actors, get_broker, set_broker
-from .composition import group, pipeline
-from .data_queue import DataQueue
 from .errors import (
     ActorNotFound, ActorOptionError, BrokerError, Cancelled, ConnectionError, DecodeError, EncodeError,
     GreenqError, QueueJoinTimeout, QueueNotFound, Retry, Shutdown, TimeLimitExceeded,
 )
 from .message import Encoder, JSONEncoder, Message, MessageProxy, get_encoder, set_encoder
 from .middleware import Middleware
-from .scheduling import cron, periodic
 from .worker import Worker
 
 __all__ = [
@@ -28,3 +25,24 @@ __all__ = [
     "Worker", "__version__", "actor", "cron", "declare_actors", "errors", "get_broker", "get_encoder", "group",
     "middleware", "periodic", "pipeline", "results", "set_broker", "set_encoder",
 ]
+
+
+# Loaded on first use (PEP 562), so a process that builds no pipeline or group,
+# no data queue and no schedule never imports their code (about 0.3 MiB).
+_ON_FIRST_USE = {"group": "composition", "pipeline": "composition", "DataQueue": "data_queue",
+                 "cron": "scheduling", "periodic": "scheduling"}
+
+
+def __getattr__(name):
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'greenq' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_ON_FIRST_USE))

@@ -14,7 +14,6 @@ is in. What patching cannot hide is listed here:
   greenlet hogs the hub.
 """
 
-import ctypes
 import heapq
 import itertools
 import logging
@@ -110,6 +109,8 @@ def raise_in(handle, exception_type, guard=None):
     else:
         if guard is not None and not guard():
             return
+        import ctypes  # only threads need it: a gevent worker never loads it
+
         result = ctypes.pythonapi.PyThreadState_SetAsyncExc(
             ctypes.c_ulong(handle), ctypes.py_object(exception_type)
         )
