@@ -1,16 +1,27 @@
-"""The peers' virtualenv: Dramatiq and Celery, installed beside greenq, never into it.
+"""The benchmark's virtualenvs: the peers' (Dramatiq, Celery) and a clean one for greenq.
 
-    python -m benchmarks.peers            # create benchmarks/.venv-peers, or bring it to the pins
+    python -m benchmarks.peers            # create both, or bring them to the pins
 
-The benchmark runs Dramatiq's and Celery's own worker commands from this
-virtualenv, so their dependencies (and their versions of gevent, redis-py,
-kombu...) never leak into greenq's environment or its requirements. Creating
-it downloads a few dozen MB from PyPI once; afterwards ``ensure()`` only checks
-that the interpreter is there. matplotlib is installed here too, for the chart.
+The benchmark runs Dramatiq's and Celery's own worker commands from
+``benchmarks/.venv-peers``, so their dependencies (and their versions of gevent,
+redis-py, kombu...) never leak into greenq's environment or its requirements.
+matplotlib is installed there too, for the chart.
 
-Every version is pinned (``REQUIREMENTS`` are the packages the benchmark uses,
-``LOCKED`` what they pulled in), so two runs months apart compare the same
-peers. To move to newer releases, change the pins here and run this module.
+greenq and the bare pool run from ``benchmarks/.venv-greenq``: a virtualenv
+holding only greenq's runtime dependencies and ``requests``, at the same
+versions as the peers' (greenq itself comes from the working tree, on
+``PYTHONPATH``). Every system then runs on the same interpreter set-up and the
+same gevent, redis-py, pika and requests, so the figures differ by the queue
+alone. Without it greenq runs on the interpreter that runs the benchmark, whose
+site-packages may load modules at start-up (a ``.pth`` file, a bigger
+``sys.path``) that a peer never loads: several MiB of resident memory that are
+not greenq's.
+
+Creating them downloads a few dozen MB from PyPI once; afterwards ``ensure()``
+only checks that the interpreter is there. Every version is pinned
+(``REQUIREMENTS`` are the packages the benchmark uses, ``LOCKED`` what they
+pulled in), so two runs months apart compare the same code. To move to newer
+releases, change the pins here and run this module.
 """
 
 import argparse
@@ -21,7 +32,6 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VENV = os.path.join(HERE, ".venv-peers")
 REQUIREMENTS = [
     "dramatiq[redis,rabbitmq,gevent]==2.2.1",
     "celery[redis]==5.7.0",
@@ -39,86 +49,96 @@ LOCKED = [
     "tzlocal==5.4.5", "packaging==26.3", "typing_extensions==4.16.0", "contourpy==1.3.3", "cycler==0.12.1",
     "fonttools==4.68.0", "kiwisolver==1.5.1", "numpy==2.4.6", "pillow==13.0.0", "pyparsing==3.3.3",
 ]
+# what .venv-greenq holds (at the versions above): greenq's dependencies, requests, and theirs
+GREENQ_PACKAGES = ("gevent", "greenlet", "zope.event", "zope.interface", "redis", "pika", "click", "requests",
+                   "urllib3", "certifi", "charset-normalizer", "idna")
 # the versions a run records in its results (meta.peers)
 REPORTED = ("dramatiq", "celery", "gevent", "greenlet", "redis", "kombu", "pika", "requests", "urllib3")
 
 logger = logging.getLogger("greenq.benchmarks.peers")
 
 
-def python():
-    """The peers' interpreter (it may not exist yet)."""
-    return os.path.join(VENV, "bin", "python")
+class Venv:
+    """One of the benchmark's virtualenvs: where it is, what is pinned into it, how to tell it works."""
+
+    def __init__(self, name, requirements, probe):
+        self.path = os.path.join(HERE, name)
+        self.requirements = list(requirements)
+        self.probe = probe  # the imports that show the virtualenv is usable
+
+    def python(self):
+        """The virtualenv's interpreter (it may not exist yet)."""
+        return os.path.join(self.path, "bin", "python")
+
+    def bin_path(self, name):
+        return os.path.join(self.path, "bin", name)
+
+    def available(self):
+        if not os.path.exists(self.python()):
+            return False
+        return subprocess.run([self.python(), "-c", self.probe], capture_output=True).returncode == 0
+
+    def pins(self):
+        """``{distribution name: pinned version}`` of everything installed here."""
+        found = {}
+        for spec in self.requirements:
+            name, version = spec.split("==")
+            found[name.split("[")[0]] = version
+        return found
+
+    def installed(self, names):
+        """``{name: version or None}`` in the virtualenv, or {} without it."""
+        if not os.path.exists(self.python()):
+            return {}
+        code = ("import json, sys, importlib.metadata as m\n"
+                "def v(n):\n"
+                "    try:\n        return m.version(n)\n"
+                "    except m.PackageNotFoundError:\n        return None\n"
+                "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
+        out = subprocess.run([self.python(), "-c", code, *names], capture_output=True, text=True)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def mismatches(self):
+        """``["name: installed X, pinned Y", ...]`` (empty when the virtualenv matches the pins)."""
+        wanted = self.pins()
+        have = self.installed(list(wanted))
+        return [f"{name}: installed {have.get(name)}, pinned {version}"
+                for name, version in wanted.items() if have.get(name) != version]
+
+    def ensure(self, sync=False):
+        """Create the virtualenv and install the pins if missing (``sync``: also fix wrong versions)."""
+        if self.available() and not (sync and self.mismatches()):
+            return self.python()
+        if not os.path.exists(self.python()):
+            logger.info("Creating %s", self.path)
+            subprocess.run([sys.executable, "-m", "venv", self.path], check=True)
+        logger.info("Installing %d pinned packages into %s", len(self.requirements), self.path)
+        subprocess.run([self.python(), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        *self.requirements], check=True)
+        return self.python()
 
 
-def bin_path(name):
-    return os.path.join(VENV, "bin", name)
-
-
-def available():
-    """Whether the peers' virtualenv exists and has Dramatiq and Celery."""
-    if not os.path.exists(python()):
-        return False
-    check = subprocess.run([python(), "-c", "import dramatiq, celery, gevent, requests"],
-                           capture_output=True)
-    return check.returncode == 0
-
-
-def pins():
-    """``{distribution name: pinned version}`` of everything installed here."""
-    found = {}
-    for spec in REQUIREMENTS + LOCKED:
-        name, version = spec.split("==")
-        found[name.split("[")[0]] = version
-    return found
-
-
-def installed(names):
-    """``{name: version or None}`` in the peers' virtualenv, or {} without it."""
-    if not os.path.exists(python()):
-        return {}
-    code = ("import json, sys, importlib.metadata as m\n"
-            "def v(n):\n"
-            "    try:\n        return m.version(n)\n"
-            "    except m.PackageNotFoundError:\n        return None\n"
-            "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
-    out = subprocess.run([python(), "-c", code, *names], capture_output=True, text=True)
-    return json.loads(out.stdout) if out.returncode == 0 else {}
-
-
-def mismatches():
-    """``["name: installed X, pinned Y", ...]`` for the peers' virtualenv (empty when it matches the pins)."""
-    wanted = pins()
-    have = installed(list(wanted))
-    return [f"{name}: installed {have.get(name)}, pinned {version}"
-            for name, version in wanted.items() if have.get(name) != version]
-
-
-def ensure(sync=False):
-    """Create the virtualenv and install the pinned peers if missing (``sync``: also fix wrong versions)."""
-    if available() and not (sync and mismatches()):
-        return python()
-    if not os.path.exists(python()):
-        logger.info("Creating %s", VENV)
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    logger.info("Installing %s (and their pinned dependencies) into %s", ", ".join(REQUIREMENTS), VENV)
-    subprocess.run([python(), "-m", "pip", "install", "-q", "--disable-pip-version-check", *REQUIREMENTS, *LOCKED],
-                   check=True)
-    return python()
+PEERS = Venv(".venv-peers", REQUIREMENTS + LOCKED, "import dramatiq, celery, gevent, requests")
+# greenq's install_requires, requests for the jobs, and what they pull in: all at the peers' pins
+GREENQ = Venv(".venv-greenq",
+              [f"{name}=={version}" for name, version in PEERS.pins().items() if name in GREENQ_PACKAGES],
+              "import gevent, redis, pika, click, requests")
 
 
 def versions():
     """``{"dramatiq": "2.2.1", "celery": "5.7.0", ...}`` of the peers' virtualenv, or {}."""
-    if not available():
+    if not PEERS.available():
         return {}
-    return installed(REPORTED)
+    return PEERS.installed(REPORTED)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ensure(sync=True)
-    wrong = mismatches()
+    for venv in (PEERS, GREENQ):
+        venv.ensure(sync=True)
+    wrong = PEERS.mismatches() + GREENQ.mismatches()
     print(json.dumps(versions()))
     if wrong:
         print("not at the pins: " + "; ".join(wrong), file=sys.stderr)

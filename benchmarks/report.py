@@ -199,9 +199,9 @@ def make_chart(json_path, png_path):
     except ImportError:
         from . import peers
 
-        if os.path.exists(peers.python()):
+        if os.path.exists(peers.PEERS.python()):
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            done = subprocess.run([peers.python(), "-m", "benchmarks.report", "--chart", json_path, png_path],
+            done = subprocess.run([peers.PEERS.python(), "-m", "benchmarks.report", "--chart", json_path, png_path],
                                   cwd=root, capture_output=True, text=True)
             if done.returncode == 0:
                 return png_path

@@ -7,7 +7,10 @@ Cases: greenq (``greenq-gevent``) on redis, rabbitmq and sqlite; Dramatiq
 and the bare gevent pool (no queue), the ceiling. Peers run from their own
 virtualenv (``benchmarks/.venv-peers``, created by ``benchmarks.peers`` on
 first use with ``--install-peers``; without it, peers are skipped when the
-virtualenv is missing).
+virtualenv is missing). greenq and the bare pool run from
+``benchmarks/.venv-greenq`` (greenq's dependencies at the peers' versions,
+greenq from the working tree) when it exists, so every system runs on the same
+interpreter set-up; else on this interpreter, with a note.
 
 Per case: start the workers (``-p`` processes x ``-t`` greenlets), measure
 idle pickup latency, then for noop, scrape and scrape with a keep-alive
@@ -72,6 +75,8 @@ class Run:
         self.server = None
         self.http_url = None
         self.used_peer_redis = False
+        # greenq and the bare pool run on .venv-greenq when it exists (same set-up as the peers), else on this one
+        self.greenq_python = peers.GREENQ.python() if peers.GREENQ.available() else sys.executable
 
     def start_server(self):
         self.server = subprocess.Popen([sys.executable, "-m", "benchmarks.server", "--delay-ms", "50"],
@@ -164,27 +169,24 @@ class Case:
                      "BENCH_WORKER": "1"})
 
     def python(self):
-        return sys.executable if self.system in ("greenq", "bare") else peers.python()
+        if self.system in ("greenq", "bare"):
+            return self.run.greenq_python
+        return peers.PEERS.python()
 
     def worker_commands(self):
         p, t = str(self.processes), str(self.threads)
-        if self.system == "greenq":
-            launcher = shutil.which("greenq-gevent")
-            head = [launcher] if launcher else [
-                sys.executable, "-c",
-                "from gevent import monkey; monkey.patch_all()\n"
-                "from greenq.cli.gevent_main import main; main()"]
-            return [head + ["benchmarks.workloads.greenq_app", "-p", p, "-t", t, "-Q", self.queue,
-                            "--quiet-messages", "--path", ROOT]]
+        if self.system == "greenq":  # the working tree's launcher: it patches first, then imports greenq from ROOT
+            return [[self.python(), os.path.join(ROOT, "bin", "greenq-gevent"), "benchmarks.workloads.greenq_app",
+                     "-p", p, "-t", t, "-Q", self.queue, "--quiet-messages", "--path", ROOT]]
         if self.system == "dramatiq":
-            return [[peers.bin_path("dramatiq-gevent"), "benchmarks.workloads.dramatiq_app", "-p", p, "-t", t,
+            return [[peers.PEERS.bin_path("dramatiq-gevent"), "benchmarks.workloads.dramatiq_app", "-p", p, "-t", t,
                      "-Q", self.queue, "--path", ROOT]]
         if self.system == "celery":
-            return [[peers.bin_path("celery"), "-A", "benchmarks.workloads.celery_app", "worker", "-P", "gevent",
+            return [[peers.PEERS.bin_path("celery"), "-A", "benchmarks.workloads.celery_app", "worker", "-P", "gevent",
                      "-c", t, "-Q", self.queue, "-l", "warning", "-n", f"bench{i}-{self.run.id}@%h",
                      "--without-heartbeat", "--without-gossip", "--without-mingle"]
                     for i in range(self.processes)]
-        return [[sys.executable, "-m", "benchmarks.workloads.bare", "-t", t] for _ in range(self.processes)]
+        return [[self.python(), "-m", "benchmarks.workloads.bare", "-t", t] for _ in range(self.processes)]
 
     # --- processes ---------------------------------------------------------------------
 
@@ -437,7 +439,8 @@ def parse_args(argv=None):
     parser.add_argument("--latency-spacing", type=float, default=20.0, help="ms between latency messages [20]")
     parser.add_argument("--repeat", type=int, default=1, help="measure every case this many times [1]")
     parser.add_argument("--install-peers", action="store_true",
-                        help="create benchmarks/.venv-peers and install Dramatiq and Celery there if missing")
+                        help="create benchmarks/.venv-peers (Dramatiq, Celery) and benchmarks/.venv-greenq "
+                             "(greenq's dependencies at the same pins) if missing")
     parser.add_argument("--peer-redis-db", type=int, default=15, help="Redis db for Dramatiq and Celery [15]")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="where results go [benchmarks/results]")
     parser.add_argument("--no-chart", action="store_true")
@@ -457,15 +460,22 @@ def main(argv=None):
     peer_systems = [s for s in args.systems if s in ("dramatiq", "celery")]
     if peer_systems:
         if args.install_peers:
-            peers.ensure()
-        elif not peers.available():
-            log(f"Skipping {', '.join(peer_systems)}: {peers.VENV} is missing (add --install-peers).")
+            peers.PEERS.ensure()
+        elif not peers.PEERS.available():
+            log(f"Skipping {', '.join(peer_systems)}: {peers.PEERS.path} is missing (add --install-peers).")
             args.systems = [s for s in args.systems if s not in peer_systems]
         if any(s in args.systems for s in peer_systems):
-            wrong = peers.mismatches()
+            wrong = peers.PEERS.mismatches()
             if wrong:
                 log(f"Note: the peers are not at benchmarks/peers.py's pins ({'; '.join(wrong)}); "
                     "python -m benchmarks.peers installs the pinned versions.")
+    ours = [s for s in args.systems if s in ("greenq", "bare")]
+    if ours and args.install_peers:
+        peers.GREENQ.ensure()
+    elif ours and peer_systems and not peers.GREENQ.available():
+        log(f"Note: {' and '.join(ours)} run on this interpreter ({sys.executable}), not on {peers.GREENQ.path} "
+            "(add --install-peers): their memory then includes whatever this interpreter's site-packages load "
+            "that the peers' virtualenv does not.")
     cases = [(s, b) for s, b in CASES if s in args.systems and (b in args.brokers or b == "none")]
     run = Run(args)
     rows = []
@@ -494,6 +504,7 @@ def finish(rows, args, run, complete=True):
         log(f"The run stopped early: writing the {len(rows)} case(s) measured so far.")
     meta = {"n": args.n, "processes": args.processes, "threads": args.threads, "repeat": args.repeat,
             "cpus": os.cpu_count(), "python": sys.version.split()[0], "peers": peers.versions(),
+            "greenq_python": run.greenq_python,
             "run_id": run.id, "complete": complete, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     paths = report.write(rows, meta, args.out, chart=not args.no_chart)
     print(report.table(rows))

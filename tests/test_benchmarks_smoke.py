@@ -75,6 +75,8 @@ def test_bare_pool_and_greenq_on_sqlite(tmp_path):
     check_row(rows["greenq", "sqlite"], "greenq")
     assert "scrape/s" in stdout and "Targets" in stdout
     assert any("scrape >= 95% of bare pool (sqlite)" in t[1] for t in data["targets"])
+    # both ran on .venv-greenq (the peers' set-up) when it exists, else on this interpreter, and the run says which
+    assert data["meta"]["greenq_python"] == (peers.GREENQ.python() if peers.GREENQ.available() else sys.executable)
 
 
 def test_greenq_on_redis_counts_connections(tmp_path):
@@ -101,8 +103,8 @@ def test_greenq_on_rabbitmq_in_its_own_vhost(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("GREENQ_BENCH_PEERS") != "1", reason="set GREENQ_BENCH_PEERS=1 to run the peers")
 def test_peers_side_by_side(tmp_path):
-    if not peers.available():
-        pytest.skip(f"{peers.VENV} is missing: python -m benchmarks.peers creates it")
+    if not peers.PEERS.available():
+        pytest.skip(f"{peers.PEERS.path} is missing: python -m benchmarks.peers creates it")
     require_server("Redis", "127.0.0.1", 6379)
     require_rabbitmq()
     data, _ = run_benchmarks(tmp_path, "--systems", "bare,greenq,dramatiq,celery", "--brokers", "redis,rabbitmq",
@@ -123,10 +125,10 @@ def _chart_python():
     """An interpreter whose matplotlib imports: this one, else the peers' virtualenv's (as report.make_chart does)."""
     if importlib.util.find_spec("matplotlib") is not None:
         return sys.executable
-    if os.path.exists(peers.python()):
-        check = subprocess.run([peers.python(), "-c", "import matplotlib"], capture_output=True)
+    if os.path.exists(peers.PEERS.python()):
+        check = subprocess.run([peers.PEERS.python(), "-c", "import matplotlib"], capture_output=True)
         if check.returncode == 0:
-            return peers.python()
+            return peers.PEERS.python()
     return None
 
 
