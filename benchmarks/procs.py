@@ -95,15 +95,20 @@ def broker_connections(pids, port):
     # Sockets come and go while the table is read (250 greenlets open HTTP
     # connections): count only the ones that belong to the tree before and after.
     before = inodes_now()
+    # Rows are "sl local_address rem_address st ...", addresses as HEX:PORT: a remote
+    # port followed by state 01 (ESTABLISHED). Testing for that text first skips the
+    # split of the thousands of TIME_WAIT rows a scrape leaves behind.
+    established_to_port = f":{port:04X} 01 "
     rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
                 for line in f:
+                    if established_to_port not in line:
+                        continue
                     parts = line.split()
-                    remote_port = int(parts[2].rsplit(":", 1)[1], 16)
-                    if remote_port == port and parts[9] in before and parts[3] == "01":
+                    if parts[2].endswith(f":{port:04X}") and parts[3] == "01" and parts[9] in before:
                         rows.append(parts[9])
         except OSError:
             continue

@@ -56,6 +56,15 @@ CASES = [
 ]
 
 
+# Seconds between two counts of the workers' broker connections while a scrape runs. A count
+# reads /proc/net/tcp, which after a few scrapes holds thousands of TIME_WAIT rows: 20-80 ms of
+# CPU each time, taken from the two cores the workers use. Counted every 20 ms in every phase,
+# that cost every queue 0.3-0.4 ms per job and the bare pool (no broker to count) nothing. So
+# connections are counted in the scrape phase only: at the gate and after the last job, outside
+# the timed part (a pool that grew keeps its connections), and once a second in between.
+CONNS_EVERY = 1.0
+
+
 class BenchError(Exception):
     """A case could not be measured (a worker died, a phase timed out...)."""
 
@@ -263,8 +272,11 @@ class Case:
             f.write(str(self.phase))
         os.replace(path + ".tmp", path)
 
-    def throughput(self, job, n, keep_alive=False):
-        """Jobs per second and worker CPU ms per job, from the gate's opening to the N-th job's end."""
+    def throughput(self, job, n, keep_alive=False, count_conns=False):
+        """Jobs per second and worker CPU ms per job, from the gate's opening to the N-th job's end.
+
+        ``count_conns``: also the most broker connections the workers held (0 when not counted).
+        """
         self.phase += 1
         self._load(job, n, keep_alive)
         # wait until the workers have prefetched and blocked at the gate (the count stops moving)
@@ -281,26 +293,29 @@ class Case:
                 raise BenchError(f"{self.label}: no job reached the gate within 60 s (phase {self.phase})")
             time.sleep(0.02)
         pids = self.pids()
+        count_conns = count_conns and self.port is not None
+        conns = procs.broker_connections(pids, self.port) if count_conns else 0
         cpu0 = procs.cpu_seconds(pids)
         start = time.time()
         self._release()
         key = str(self.phase)
-        conns = 0
         deadline = time.monotonic() + max(120, n / 20)
-        samples = 0
+        next_count = time.monotonic() + CONNS_EVERY
         while True:
             stats = self.stats()
             done = sum(s["phases"].get(key, [0])[0] for s in stats)
             if done >= n:
                 break
-            if self.port and samples % 2 == 0:
+            if count_conns and time.monotonic() >= next_count:
                 conns = max(conns, procs.broker_connections(pids, self.port))
-            samples += 1
+                next_count = time.monotonic() + CONNS_EVERY
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.label}: {job} finished {done}/{n} jobs before the deadline")
             self._check_alive()
             time.sleep(0.01)
         cpu1 = procs.cpu_seconds(pids)
+        if count_conns:
+            conns = max(conns, procs.broker_connections(pids, self.port))
         end = max(s["phases"][key][2] for s in stats if key in s["phases"])
         return {"rate": n / max(1e-6, end - start), "cpu_ms": (cpu1 - cpu0) * 1000 / n, "conns": conns}
 
@@ -393,13 +408,14 @@ def measure_case(run, system, broker, args):
             row.update(latency_p50_ms=lat["p50"], latency_p99_ms=lat["p99"])
         for name, job, keep_alive in (("noop", "noop", False), ("scrape", "scrape", False),
                                       ("scrape_ka", "scrape", True)):
-            result = case.throughput(job, args.noop_n if name == "noop" else args.n, keep_alive)
+            result = case.throughput(job, args.noop_n if name == "noop" else args.n, keep_alive,
+                                     count_conns=name == "scrape")
             row[f"{name}_rate"] = result["rate"]
             row[f"{name}_cpu_ms"] = result["cpu_ms"]
             if name == "scrape":
                 row["conns"] = result["conns"]
             log(f"   {name:<10} {result['rate']:8.0f} jobs/s  {result['cpu_ms']:.3f} ms CPU/job"
-                + (f"  {result['conns']} broker conns" if case.port else ""))
+                + (f"  {result['conns']} broker conns" if case.port and name == "scrape" else ""))
         row["rss_mib"] = case.peak_rss_mib()
         if system != "bare":
             _enqueue(case, args, row)
@@ -413,7 +429,7 @@ def measure_case(run, system, broker, args):
         try:
             small = Case(run, system, broker, args.small_threads, tag=f"@t{args.small_threads}")
             small.start()
-            result = small.throughput("scrape", max(50, args.n // 4))
+            result = small.throughput("scrape", max(50, args.n // 4), count_conns=True)
             row["conns_small_t"] = result["conns"]
         except Exception as e:
             row["conns_small_t_error"] = _fail(e, where=f" at -t {args.small_threads}")
