@@ -585,6 +585,52 @@ def test_enqueue_many_and_ack_many_are_one_round_trip_each(private_redis, queue_
     admin.close()
 
 
+def test_a_script_call_goes_to_a_pooled_connection_and_falls_back_to_redis_py_when_it_must(private_redis, queue_name,
+                                                                                          monkeypatch):
+    """``send()`` skips redis-py's command layers; a flushed script or a broken call goes through redis-py's."""
+    import redis
+    from redis.commands.core import Script
+
+    from greenq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(private_redis, namespace="direct", heartbeat_timeout=3600000)
+    admin = redis.Redis.from_url(private_redis)
+    through_script = []
+    usual = Script.__call__
+    monkeypatch.setattr(Script, "__call__", lambda self, *a, **kw: through_script.append(1) or usual(self, *a, **kw))
+    try:
+        broker.enqueue(message_for(queue_name, args=(1,)))  # the first call: Redis has not seen the script
+        assert through_script == [1]
+        broker.enqueue(message_for(queue_name, args=(2,)))  # the usual case: straight to a pooled connection
+        assert through_script == [1]
+        admin.script_flush()  # as after a restart: EVALSHA fails before anything ran, redis-py loads the script
+        broker.enqueue(message_for(queue_name, args=(3,)))
+        assert through_script == [1, 1]
+        admin.client_kill_filter(_type="normal", skipme=True)  # the pool notices at checkout and reconnects
+        broker.enqueue(message_for(queue_name, args=(4,)))
+        connection_class = broker.client.connection_pool.connection_class
+        read_response = connection_class.read_response
+        broken = []
+
+        def lose_the_first_answer(self, *a, **kw):
+            if not broken:
+                broken.append(1)
+                raise redis.exceptions.ConnectionError("the connection broke before the answer came")
+            return read_response(self, *a, **kw)
+
+        monkeypatch.setattr(connection_class, "read_response", lose_the_first_answer)
+        broker.enqueue(message_for(queue_name, args=(5,)))  # ran, then the answer was lost: redis-py sends it again
+        monkeypatch.setattr(connection_class, "read_response", read_response)
+        assert broken == [1] and through_script == [1, 1, 1]
+        consumer = broker.consume(queue_name)
+        got = sorted(m.args[0] for m in fetch_all(consumer, 6))
+        assert got == [1, 2, 3, 4, 5, 5]  # each stored once; the lost answer's message twice (at-least-once)
+        consumer.close()
+    finally:
+        broker.close()
+        admin.close()
+
+
 def test_250_greenlets_sending_keep_the_connection_count_flat(private_redis, queue_name):
     code = f"""
 import gevent.monkey; gevent.monkey.patch_all()
