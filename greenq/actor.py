@@ -72,13 +72,7 @@ class Actor:
         return self.message_with_options(args=args, kwargs=kwargs)
 
     def message_with_options(self, *, args=(), kwargs=None, **options) -> Message:
-        return Message(
-            queue_name=self.queue_name,
-            actor_name=self.actor_name,
-            args=args,
-            kwargs=kwargs or {},
-            options=options,
-        )
+        return Message.fresh(self.queue_name, self.actor_name, args, kwargs, options)
 
     def send(self, *args, **kwargs) -> Message:
         """Enqueue a message for this actor and return it."""

@@ -15,9 +15,9 @@ changes while a message is processed lives on ``MessageProxy``.
 """
 
 import json
+import os
 import reprlib
 import time
-import uuid
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -51,8 +51,11 @@ class JSONEncoder(Encoder):
     """The default, and the only format other languages can rely on. Never pickle:
     a message must never be able to run code that is not an actor."""
 
+    # One encoder for every call: ``json.dumps`` with any non-default option builds a new one each time.
+    _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
     def encode(self, data):
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return self._json.encode(data).encode("utf-8")
 
     def decode(self, data):
         if isinstance(data, (bytes, bytearray, memoryview)):
@@ -75,8 +78,14 @@ def set_encoder(encoder: Encoder) -> None:
     _encoder = encoder
 
 
+# The first hex digit of an RFC 4122 variant byte, for each random first digit: 8, 9, a or b.
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def generate_unique_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, the same as ``str(uuid.uuid4())`` at a third of the cost."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def current_millis() -> int:
@@ -156,6 +165,23 @@ class Message:
             except (TypeError, ValueError, RecursionError):
                 return label
         return f"message {self.message_id}"
+
+    @classmethod
+    def fresh(cls, queue_name, actor_name, args, kwargs, options) -> "Message":
+        """A new message with its own id and timestamp: ``Message(...)`` at half the cost, for every send.
+
+        The frozen dataclass's ``__init__`` sets each field through
+        ``object.__setattr__`` and then rewraps three of them; this fills the
+        instance's ``__dict__`` once, with the same wrapped values.
+        """
+        message = object.__new__(cls)
+        message.__dict__.update(
+            queue_name=queue_name, actor_name=actor_name, args=tuple(args),
+            kwargs=MappingProxyType(dict(kwargs) if kwargs else {}),
+            options=MappingProxyType(dict(options) if options else {}),
+            message_id=generate_unique_id(), message_timestamp=current_millis(),
+        )
+        return message
 
     @classmethod
     def decode(cls, data) -> "Message":

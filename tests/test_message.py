@@ -107,3 +107,28 @@ def test_nesting_past_the_recursion_limit_is_an_encode_error_not_a_crash():
     message = Message(queue_name="q", actor_name="a", args=(deep,), kwargs={}, options={})
     with pytest.raises(EncodeError, match=r"argument 0 \(\[\[\["):
         message.encode()
+
+
+def test_message_ids_are_random_rfc_4122_version_4_uuids():
+    import uuid
+
+    from greenq.message import generate_unique_id
+
+    ids = [generate_unique_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+    assert {text[19] for text in ids} == set("89ab")  # every variant digit turns up: the bits are random
+
+
+def test_a_fresh_message_is_the_message_the_constructor_builds():
+    fresh = Message.fresh("default", "add", [1, [2]], {"k": 1}, {"eta": 5})
+    built = Message(queue_name="default", actor_name="add", args=[1, [2]], kwargs={"k": 1}, options={"eta": 5},
+                    message_id=fresh.message_id, message_timestamp=fresh.message_timestamp)
+    assert fresh == built and fresh.encode() == built.encode() and repr(fresh) == repr(built)
+    assert isinstance(fresh.args, tuple)
+    with pytest.raises(TypeError):
+        fresh.options["eta"] = 6  # read-only, as the constructor's
+    empty = Message.fresh("default", "add", (), None, None)
+    assert dict(empty.kwargs) == {} and dict(empty.options) == {}
