@@ -33,16 +33,21 @@ _ON_FIRST_USE = {"group": "composition", "pipeline": "composition", "DataQueue":
                  "cron": "scheduling", "periodic": "scheduling"}
 
 
+_SUBMODULES_ON_FIRST_USE = frozenset(_ON_FIRST_USE.values())  # greenq.scheduling.run(...) works too
+
+
 def __getattr__(name):
+    import importlib
+
+    if name in _SUBMODULES_ON_FIRST_USE:
+        return importlib.import_module(f"{__name__}.{name}")  # importing it sets the attribute for next time
     module = _ON_FIRST_USE.get(name)
     if module is None:
         raise AttributeError(f"module 'greenq' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_ON_FIRST_USE))
+    return sorted(set(globals()) | set(_ON_FIRST_USE) | _SUBMODULES_ON_FIRST_USE)

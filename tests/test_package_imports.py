@@ -32,6 +32,11 @@ def test_every_public_name_resolves_and_loads_its_module():
     assert greenq.periodic is greenq.scheduling.periodic and greenq.group is greenq.composition.group
 
 
+def test_the_optional_parts_are_reachable_as_attributes_without_an_import():
+    loaded = _modules_after("import greenq; assert callable(greenq.scheduling.run)")
+    assert "greenq.scheduling" in loaded
+
+
 def test_a_misspelt_name_is_an_attribute_error_that_names_it():
     with pytest.raises(AttributeError, match="module 'greenq' has no attribute 'perodic'"):
         greenq.perodic  # noqa: B018
