@@ -199,13 +199,13 @@ class _Exporter:
 
     def registry(self):
         client = self.client
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
-            from prometheus_client import multiprocess
-
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+        if path:
             registry = client.CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            registry.register(_SizedFilesCollector(path))
             return registry
         return client.REGISTRY
+
 
     def start(self):
         self.task = concurrency.spawn(self._run, name="greenq-prometheus-exporter")
@@ -240,3 +240,36 @@ class _Exporter:
         if self.task is not None:
             self.task.join(RETRY_BIND + 5)
         self._close()
+
+
+class _SizedFilesCollector:
+    """prometheus_client's multi-process collector, without the files nobody has sized yet.
+
+    A worker recording its first sample of a kind creates that kind's file, and only
+    then sizes it (``MmapedDict.__init__``). prometheus_client reads a file caught at
+    0 bytes as corrupt (``struct.error``), which fails the whole scrape with a 500,
+    and a worker killed in that instant leaves the empty file for good
+    (prometheus/client_python#1199). An empty file holds no samples, so it is left out.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def collect(self):
+        import glob
+
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        for attempt in (1, 2):
+            files = []
+            for name in glob.glob(os.path.join(self.path, "*.db")):
+                try:
+                    if os.path.getsize(name) > 0:  # a file only grows: sized now, readable below
+                        files.append(name)
+                except OSError:  # removed meanwhile (the master cleans up a dead worker's gauges)
+                    continue
+            try:
+                return MultiProcessCollector.merge(files, accumulate=True)
+            except FileNotFoundError:  # removed between the listing and the read: list again, once
+                if attempt == 2:
+                    raise
