@@ -183,7 +183,7 @@ def test_max_tasks_per_child_recycles_gracefully(run_greenq, redis_ns, redis_env
     per_process = [pids.count(pid) for pid in dict.fromkeys(pids)]  # in order of first appearance
     assert len(per_process) >= 2, pids
     # The limit is soft by at most what the worker already held: -t 1 plus a prefetch buffer of 1.
-    assert all(3 <= n <= 5 for n in per_process[:-1]), pids
+    assert all(3 <= n <= 5 for n in per_process[:-1]), f"{pids}\n{proc.output()}"
     assert proc.matching(r"Recycling worker process 0 \(pid \d+\): it processed 3 messages")
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
