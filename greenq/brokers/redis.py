@@ -145,7 +145,7 @@ class RedisBroker(Broker):
         self.client = client
         self.cluster = _is_cluster(client)
         self._scripts = {name: client.register_script(text) for name, text in _redis_scripts.SCRIPTS.items()}
-        self._script_keys = {}  # queue name -> keys_of(queue name), built once
+        self._queue_keys = {}  # queue name -> keys_of(queue name)
         self._heartbeat = _Heartbeat(self)
         self._closed = False
 
@@ -167,8 +167,12 @@ class RedisBroker(Broker):
         return "{%s:%s}" % (self.namespace, queue_name)
 
     def keys_of(self, queue_name):
-        prefix = self.prefix(queue_name)
-        return [f"{prefix}.{name}" for name in _redis_scripts.QUEUE_KEYS]
+        """The queue's keys in ``QUEUE_KEYS`` order, built once per queue (every script call needs them)."""
+        keys = self._queue_keys.get(queue_name)
+        if keys is None:
+            prefix = self.prefix(queue_name)
+            keys = self._queue_keys[queue_name] = tuple(f"{prefix}.{name}" for name in _redis_scripts.QUEUE_KEYS)
+        return keys
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -193,11 +197,9 @@ class RedisBroker(Broker):
     def run(self, name, queue_name, args=(), client=None, extra_keys=()):
         """Run one of the scripts on a queue's keys."""
         client = client or self.client
-        keys = self._script_keys.get(queue_name)
-        if keys is None:
-            keys = self._script_keys[queue_name] = self.keys_of(queue_name)
+        keys = self.keys_of(queue_name)
         if extra_keys:
-            keys = keys + list(extra_keys)
+            keys = (*keys, *extra_keys)
         script = self._scripts[name]
         if not self.cluster and getattr(client, "connection", None) is None:  # a pool, not one fixed connection
             result = _evalsha_on_a_pooled_connection(self._redis, client, script, keys, args)
