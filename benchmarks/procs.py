@@ -98,7 +98,8 @@ def broker_connections(pids, port):
     # Rows are "sl local_address rem_address st ...", addresses as HEX:PORT: a remote
     # port followed by state 01 (ESTABLISHED). Testing for that text first skips the
     # split of the thousands of TIME_WAIT rows a scrape leaves behind.
-    established_to_port = f":{port:04X} 01 "
+    remote_port = f":{port:04X}"
+    established_to_port = f"{remote_port} 01 "
     rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -108,7 +109,7 @@ def broker_connections(pids, port):
                     if established_to_port not in line:
                         continue
                     parts = line.split()
-                    if parts[2].endswith(f":{port:04X}") and parts[3] == "01" and parts[9] in before:
+                    if parts[2].endswith(remote_port) and parts[3] == "01" and parts[9] in before:
                         rows.append(parts[9])
         except OSError:
             continue

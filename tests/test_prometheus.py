@@ -204,7 +204,7 @@ def test_middleware_defaults_and_no_server_outside_the_command(monkeypatch):
     broker.close()
 
 
-def test_a_metrics_file_caught_before_it_is_sized_does_not_fail_the_scrape(tmp_path):
+def test_a_metrics_file_caught_before_it_is_sized_does_not_fail_the_scrape(tmp_path, monkeypatch):
     """prometheus_client creates a worker's file and sizes it a moment later; a scrape in between still answers."""
     import subprocess
 
@@ -218,15 +218,8 @@ def test_a_metrics_file_caught_before_it_is_sized_does_not_fail_the_scrape(tmp_p
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     (tmp_path / "counter_999999.db").write_bytes(b"")  # another worker's, created but not sized yet
-    env_before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
-    try:
-        registry = _Exporter(prometheus_client, "127.0.0.1", 0).registry()
-    finally:
-        if env_before is None:
-            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
-        else:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = env_before
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    registry = _Exporter(prometheus_client, "127.0.0.1", 0).registry()
     text = prometheus_client.generate_latest(registry).decode()
     assert "greenq_probe_total 3.0" in text
 

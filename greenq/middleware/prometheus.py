@@ -206,7 +206,6 @@ class _Exporter:
             return registry
         return client.REGISTRY
 
-
     def start(self):
         self.task = concurrency.spawn(self._run, name="greenq-prometheus-exporter")
 
