@@ -20,7 +20,8 @@ hook does so before the interpreter goes, so a script that sends and exits
 without closing loses nothing. A failed detached request is logged.
 
 What it costs: every waited-for AMQP operation is one hop to the owner and back
-(a few microseconds under gevent, two thread switches otherwise), and the owner
+(a few microseconds under gevent, two thread switches otherwise, unless the
+caller drives the link itself: see below), and the owner
 does one thing at a time. A request whose answer comes later (a publisher
 confirm) returns a ``Pending`` so the owner goes on meanwhile. Publishers and
 consumers use two links (two connections per broker and process): acks never
@@ -36,6 +37,20 @@ connection was lost is run again on the new connection (a publish may then be
 stored twice: at-least-once, never lost). Other requests fail with
 ``greenq.errors.ConnectionClosed``. ``generation`` counts connections, so
 delivery tags of an earlier connection are recognised as stale.
+
+Threaded producers (no gevent): a link made with ``park_when_idle`` (the publish
+link) lets its owner thread *park* whenever nothing is outstanding: no request
+queued, none waiting for a confirm, no detached one. A parked owner waits on an
+event, off the socket, and wakes once a second to answer heartbeats. While it is
+parked, a caller of ``call`` takes the link itself: it holds the *baton* (the lock
+that says who may touch the connection; the active owner holds it), runs
+``fn(link)`` in its own thread and drives pika's I/O until its own confirm is in,
+as a plain pika publisher would. One thread does the work instead of two
+threads handing it over and back, which costs each send two wake-ups and the
+GIL passed between them. A caller that finds the baton taken (the owner is busy,
+or another thread is driving) hands its request over as usual, and a request
+still outstanding when its caller gives up, or cut short by a lost connection,
+goes to the owner, which is unparked for it.
 
 After ``os.fork`` the child must not touch the parent's socket: a link notices
 the new pid and starts afresh (the parent's detached requests stay the parent's).
@@ -118,9 +133,10 @@ class _Request:
 class Link:
     """A lazily opened AMQP connection with a single owner task. See the module docstring."""
 
-    def __init__(self, url, role, *, heartbeat=60):
+    def __init__(self, url, role, *, heartbeat=60, park_when_idle=False):
         self.url = url
         self.role = role
+        self.park_when_idle = park_when_idle
         self.generation = 0
         self.connection = None
         self.last_error = None
@@ -141,6 +157,11 @@ class Link:
         self._closed = False
         self._wake_pending = False  # a wake-up is on its way to the owner: later callers need not send one
         self._detached = 0  # detached requests submitted and not finished
+        self._parks = False  # set by the owner: park_when_idle, and OS threads (greenlets hand over cheaply)
+        self._parked = False  # the owner waits on _unpark, off the socket, without the baton
+        self._unpark = threading.Event()
+        self._baton = threading.Lock()  # who may touch the connection: the active owner, or a driving caller
+        self._driver = None  # the thread running a request itself while the owner is parked
         self.connection = None
         self.connection_name = f"greenq {self.role} pid={self._pid} link={id(self):x}"
 
@@ -157,7 +178,11 @@ class Link:
             pass
 
     def in_owner(self):
-        return self._owner_ident is not None and concurrency.current() == self._owner_ident
+        """True in the task that may touch the connection now: the owner, or a caller driving it."""
+        if self._owner_ident is None:
+            return False
+        me = concurrency.current()
+        return me == self._owner_ident or me == self._driver
 
     def call(self, fn, *, timeout=30.0, retry=False):
         """Run ``fn(link)`` in the owner and return its result (or raise its exception).
@@ -168,7 +193,8 @@ class Link:
         if self.in_owner():
             return fn(self)
         request = _Request(fn, retry)
-        self._submit(request)
+        if not (self._parks and self._drive(request, time.monotonic() + timeout)):
+            self._submit(request)
         if not request.done.wait(timeout):
             with self._lock:
                 if request.state == "queued":
@@ -238,9 +264,14 @@ class Link:
                 self._detached += 1
             if self._owner is None:
                 self._owner = concurrency.spawn(self._run, name=f"greenq-amqp-{self.role}")
-            wake, self._wake_pending = not self._wake_pending, True
+            if self._parked:
+                wake = False  # the owner waits on _unpark, not on the socket
+            else:
+                wake, self._wake_pending = not self._wake_pending, True
         if wake:
             self._wake()
+        else:
+            self._unpark.set()
 
     def _wake(self):
         connection = self.connection
@@ -269,6 +300,7 @@ class Link:
                 return
             self._closed = True
             owner = self._owner
+        self._unpark.set()
         self._wake()
         if owner is not None and not self.in_owner():
             owner.join(timeout)
@@ -277,7 +309,9 @@ class Link:
 
     def _run(self):
         self._owner_ident = concurrency.current()
+        self._parks = self.park_when_idle and not concurrency.using_gevent()
         backoff = _BACKOFF_FIRST
+        self._baton.acquire()
         try:
             while not self._closed:
                 if self.connection is None or not self.connection.is_open:
@@ -289,13 +323,79 @@ class Link:
                     self._wake_pending = False  # wake-ups sent to the old connection are gone
                 try:
                     self._drain()
-                    if not self._closed:
-                        self._coalesce_output()
+                    if self._closed:
+                        break
+                    self._coalesce_output()
+                    if self._may_park():
+                        self.connection.process_data_events(time_limit=0)  # heartbeats, and whatever came in
+                        self._park()
+                    else:
                         self.connection.process_data_events(time_limit=_IDLE_WAIT)
                 except CONNECTION_ERRORS as e:
                     self._lost(e)
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                self._baton.release()
+
+    def _may_park(self):
+        """Whether the owner can leave the socket alone: nothing queued, awaited or detached."""
+        if not self._parks:
+            return False
+        with self._lock:
+            if self._requests or self._pending or self._detached or self._closed:
+                return False
+            self._unpark.clear()
+            self._parked = True  # from here on, submitters set _unpark instead of sending a wake-up byte
+            return True
+
+    def _park(self):
+        """Give the baton up until a request comes or a second passes (heartbeats), then take it back."""
+        self._baton.release()
+        try:
+            self._unpark.wait(_IDLE_WAIT)
+        finally:
+            self._baton.acquire()  # after a caller still driving, if there is one
+            with self._lock:
+                self._parked = False
+
+    def _drive(self, request, deadline):
+        """Run ``request`` in this (caller's) thread if the owner is parked; whether it did.
+
+        Holding the baton, the caller is the owner for the time being: it runs the
+        request and drives pika's I/O until the request is done or ``deadline``
+        passes. Whatever is left (a confirm still awaited, a request requeued after
+        a lost connection) is the owner's, which is unparked to see to it; ``call``
+        then waits for the request as for one handed over.
+        """
+        if not self._baton.acquire(blocking=False):
+            return False  # the owner is active, or another caller is driving: hand over
+        try:
+            with self._lock:
+                connection = self.connection
+                if (not self._parked or self._requests or self._closed or os.getpid() != self._pid
+                        or connection is None or not connection.is_open):
+                    return False
+                request.state = "running"
+            self._driver = concurrency.current()
+            try:
+                self._run_request(request)
+                while request.state == "pending":
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._coalesce_output()
+                    connection.process_data_events(time_limit=left)
+            except CONNECTION_ERRORS as e:
+                self._lost(e)
+            finally:
+                self._driver = None
+        finally:
+            self._baton.release()
+        if request.state != "done":
+            self._unpark.set()
+        return True
 
     def _connect(self):
         params = pika.URLParameters(self.url)
@@ -335,27 +435,31 @@ class Link:
                 if request.state == "cancelled":
                     continue
                 request.state = "running"
-            try:
-                result = request.fn(self)
-                if isinstance(result, Pending):
-                    request.state = "pending"
-                    self._pending.add(request)
-                    result._attach(lambda error, request=request: self._settle_pending(request, error))
-                    continue
-                request.result = result
-            except CONNECTION_ERRORS as e:
-                if request.retry:
-                    with self._lock:
-                        request.state = "queued"
-                        self._requests.appendleft(request)
-                else:
-                    self._finish(request, ConnectionClosed(
-                        f"lost the connection to RabbitMQ at {redact_url(self.url)} during the request: {e!r}"))
-                raise
-            except Exception as e:  # handed to the caller, who decides
-                self._finish(request, e)
+            self._run_request(request)
+
+    def _run_request(self, request):
+        """Run one request in the task holding the connection; a lost connection is re-raised."""
+        try:
+            result = request.fn(self)
+            if isinstance(result, Pending):
+                request.state = "pending"
+                self._pending.add(request)
+                result._attach(lambda error, request=request: self._settle_pending(request, error))
+                return
+            request.result = result
+        except CONNECTION_ERRORS as e:
+            if request.retry:
+                with self._lock:
+                    request.state = "queued"
+                    self._requests.appendleft(request)
             else:
-                self._finish(request, None)
+                self._finish(request, ConnectionClosed(
+                    f"lost the connection to RabbitMQ at {redact_url(self.url)} during the request: {e!r}"))
+            raise
+        except Exception as e:  # handed to the caller, who decides
+            self._finish(request, e)
+        else:
+            self._finish(request, None)
 
     def _coalesce_output(self):
         """Join the frames pika queued for the socket into one chunk, so they go in one ``send``.
@@ -376,6 +480,14 @@ class Link:
         self._pending.discard(request)
         if request.state != "done":  # not already failed by _shutdown
             self._finish(request, error)
+        if self._parks and (self._driver is not None or not self._pending) and self.connection is not None:
+            # Whoever waits in process_data_events (a driving caller for its confirm,
+            # or the owner, who may park now) returns early only for pika's own ready
+            # events: a zero-delay timer is one.
+            try:
+                self.connection.call_later(0, _nothing)
+            except CONNECTION_ERRORS + (pika.exceptions.AMQPError, AttributeError):
+                pass  # the connection is going: whoever waits on it hears of that anyway
 
     def _finish(self, request, error):
         request.error = error
@@ -416,6 +528,10 @@ class Link:
             if request.state in ("queued", "pending"):
                 self._finish(request, ConnectionClosed(f"the {self.role} link to {redact_url(self.url)} was closed"))
 
+
+
+def _nothing():
+    pass
 
 
 _live_links = weakref.WeakSet()  # links that had detached requests, for the exit flush

@@ -108,7 +108,7 @@ class RabbitmqBroker(Broker):
         self.queue_type = queue_type
         self.publish_timeout = publish_timeout
         self._arguments = topology.QueueArguments(queue_type, max_priority, delivery_limit, dead_message_ttl)
-        self._publish_link = Link(url, "publish")
+        self._publish_link = Link(url, "publish", park_when_idle=True)
         self._publisher = Publisher(self)
         self._publish_link.add_on_connect(self._publisher.on_reconnect)
         self._consume_link = Link(url, "consume")
