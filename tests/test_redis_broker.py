@@ -585,9 +585,10 @@ def test_enqueue_many_and_ack_many_are_one_round_trip_each(private_redis, queue_
     admin.close()
 
 
-def test_a_script_call_goes_to_a_pooled_connection_and_falls_back_to_redis_py_when_it_must(private_redis, queue_name,
-                                                                                          monkeypatch):
-    """``send()`` skips redis-py's command layers; a flushed script or a broken call goes through redis-py's."""
+def test_a_script_call_goes_to_the_brokers_own_connection_and_falls_back_to_redis_py_when_it_must(
+        private_redis, queue_name, monkeypatch):
+    """``send()`` skips redis-py's pool and command layers and loads its script itself; a broken call goes
+    through redis-py's ``Script``, and the next call is back on the broker's own connection."""
     import redis
     from redis.commands.core import Script
 
@@ -595,19 +596,27 @@ def test_a_script_call_goes_to_a_pooled_connection_and_falls_back_to_redis_py_wh
 
     broker = RedisBroker(private_redis, namespace="direct", heartbeat_timeout=3600000)
     admin = redis.Redis.from_url(private_redis)
+    admin.script_flush()
     through_script = []
     usual = Script.__call__
     monkeypatch.setattr(Script, "__call__", lambda self, *a, **kw: through_script.append(1) or usual(self, *a, **kw))
+    checkouts = []
+    checkout = broker.client.connection_pool.get_connection
+    monkeypatch.setattr(broker.client.connection_pool, "get_connection",
+                        lambda *a, **kw: checkouts.append(1) or checkout(*a, **kw))
     try:
-        broker.enqueue(message_for(queue_name, args=(1,)))  # the first call: Redis has not seen the script
-        assert through_script == [1]
-        broker.enqueue(message_for(queue_name, args=(2,)))  # the usual case: straight to a pooled connection
-        assert through_script == [1]
-        admin.script_flush()  # as after a restart: EVALSHA fails before anything ran, redis-py loads the script
+        broker.enqueue(message_for(queue_name, args=(1,)))  # Redis has not seen the script: loaded, called again
+        broker.enqueue(message_for(queue_name, args=(2,)))  # the usual case: the broker's own connection
+        assert through_script == [] and checkouts == []  # the pool lent nothing
+        assert broker._lane._open == 1 and len(broker._lane._idle) == 1
+        admin.script_flush()  # as after a restart: EVALSHA fails before anything ran, the lane loads the script
         broker.enqueue(message_for(queue_name, args=(3,)))
-        assert through_script == [1, 1]
-        admin.client_kill_filter(_type="normal", skipme=True)  # the pool notices at checkout and reconnects
-        broker.enqueue(message_for(queue_name, args=(4,)))
+        assert through_script == [] and admin.script_exists(broker._scripts["enqueue"].sha) == [True]
+        admin.client_kill_filter(_type="normal", skipme=True)  # the lane's connection is gone: nothing ran
+        broker.enqueue(message_for(queue_name, args=(4,)))  # so redis-py sends it, on a connection of its pool
+        assert through_script == [1]
+        broker.enqueue(message_for(queue_name, args=(5,)))  # and the lane reconnects for the next one
+        assert through_script == [1]
         connection_class = broker.client.connection_pool.connection_class
         read_response = connection_class.read_response
         broken = []
@@ -619,12 +628,14 @@ def test_a_script_call_goes_to_a_pooled_connection_and_falls_back_to_redis_py_wh
             return read_response(self, *a, **kw)
 
         monkeypatch.setattr(connection_class, "read_response", lose_the_first_answer)
-        broker.enqueue(message_for(queue_name, args=(5,)))  # ran, then the answer was lost: redis-py sends it again
+        broker.enqueue(message_for(queue_name, args=(6,)))  # ran, then the answer was lost: redis-py sends it again
         monkeypatch.setattr(connection_class, "read_response", read_response)
-        assert broken == [1] and through_script == [1, 1, 1]
+        assert broken == [1] and through_script == [1, 1]
+        broker.enqueue(message_for(queue_name, args=(7,)))
+        assert through_script == [1, 1] and broker._lane._open == 1
         consumer = broker.consume(queue_name)
-        got = sorted(m.args[0] for m in fetch_all(consumer, 6))
-        assert got == [1, 2, 3, 4, 5, 5]  # each stored once; the lost answer's message twice (at-least-once)
+        got = sorted(m.args[0] for m in fetch_all(consumer, 8))
+        assert got == [1, 2, 3, 4, 5, 6, 6, 7]  # each stored once; the lost answer's message twice (at-least-once)
         consumer.close()
     finally:
         broker.close()

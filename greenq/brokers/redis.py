@@ -14,9 +14,11 @@ keeps killing its process) is dead-lettered instead of looping forever.
 
 Costs. An idle consumer blocks in Redis (``BLMOVE`` on its own connection), so
 it costs one idle connection and no polling. A fetch, an ack batch and an
-``enqueue_many`` batch per queue are each one round trip. Producers share one
-``BlockingConnectionPool`` (``max_connections``), so hundreds of greenlets
-sending at once wait for a connection instead of opening hundreds.
+``enqueue_many`` batch per queue are each one round trip. The broker's script
+calls (sends, acks, dead letters) go over a ``ScriptLane`` of at most
+``max_connections`` connections (see ``_redis_lane``), its other commands over
+the client's ``BlockingConnectionPool`` of the same size, so hundreds of
+greenlets sending at once wait for a connection instead of opening hundreds.
 
 Redis Cluster works: pass ``client=redis.cluster.RedisCluster(...)``. Each
 queue's keys carry the hash tag ``{namespace:queue}`` and live in one slot.
@@ -37,6 +39,7 @@ from ..redis_client import given_or_new_client
 from ..errors import ConnectionError as GreenqConnectionError
 from ..message import Message, MessageProxy, current_millis
 from . import _redis_scripts, redact_url
+from ._redis_lane import ScriptLane
 
 logger = logging.getLogger("greenq.brokers.redis")
 
@@ -77,12 +80,14 @@ _THE_USUAL_WAY = object()
 def _evalsha_on_a_pooled_connection(redis, client, script, keys, args):
     """EVALSHA on one connection of ``client``'s pool, past redis-py's per-command layers.
 
-    Each ``send()`` and each fetch or ack batch is one script call, and redis-py's
-    ``execute_command`` around it (its retry wrapper, observability hooks, response
-    callbacks) is a good part of its CPU: a ``PING`` costs 75-100 us. Going to the
-    connection directly saves 20-25 us a call (a one-by-one ``send()`` costs about
-    150). The price: these calls skip redis-py's command hooks (tracing that patches
-    ``execute_command`` does not see them).
+    For the clients that are not the broker's own (a consumer's, whose fetches
+    share a connection with its ``BLMOVE``; the heartbeat thread's): the broker's
+    own client has the faster ``ScriptLane``. redis-py's ``execute_command`` around
+    a call (its retry wrapper, observability hooks, response callbacks) is a good
+    part of its CPU: a ``PING`` costs 75-100 us, and going to the connection
+    directly saves 20-25 us a call. The price, here and on the lane: these calls
+    skip redis-py's command hooks (tracing that patches ``execute_command`` does
+    not see them).
 
     Returns ``_THE_USUAL_WAY`` when the script is not loaded on the server (a
     restart, ``SCRIPT FLUSH``: nothing ran) or when no connection could be had or the
@@ -111,6 +116,39 @@ def _evalsha_on_a_pooled_connection(redis, client, script, keys, args):
         pool.release(connection)
 
 
+def _evalsha_on_the_lane(redis, lane, script, keys, args):
+    """EVALSHA on a connection of the broker's ``ScriptLane``.
+
+    A script Redis does not know (the first call, or after a restart or ``SCRIPT
+    FLUSH``: nothing ran) is loaded on the same connection and called again.
+    Returns ``_THE_USUAL_WAY`` when the connection broke mid-call (disconnected
+    first); the caller then goes through redis-py's ``Script`` and its retries.
+    """
+    connection = lane.checkout()
+    try:
+        request = lane.pack(connection, script.sha, keys, args)
+        try:
+            connection.connect()  # a no-op when connected
+            connection.send_packed_command((request,))
+            try:
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                connection.send_command("SCRIPT", "LOAD", script.script)
+                connection.read_response()
+                connection.send_packed_command((request,))
+                return connection.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # the script's own error: the reply was read in full
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            connection.disconnect()
+            return _THE_USUAL_WAY
+        except BaseException:  # interrupted mid-call (a killed greenlet): what is left unread must not be lent
+            connection.disconnect()
+            raise
+    finally:
+        lane.checkin(connection)
+
+
 class RedisBroker(Broker):
     """A broker on Redis (or Redis Cluster) through redis-py.
 
@@ -121,7 +159,8 @@ class RedisBroker(Broker):
     long dead letters are kept. ``max_deliveries``: deliveries without a settle
     (crashes) before a message is dead-lettered. ``client``: a ready
     ``redis.Redis`` or ``redis.cluster.RedisCluster`` to use instead of ``url``.
-    ``max_connections``: the size of the producers' shared pool.
+    ``max_connections``: how many connections the process's greenlets and threads share
+    for script calls, and again for other commands.
     """
 
     def __init__(self, url=None, *, namespace="greenq", heartbeat_timeout=60000, dead_message_ttl=DEAD_MESSAGE_TTL,
@@ -145,6 +184,7 @@ class RedisBroker(Broker):
         self.client = client
         self.cluster = _is_cluster(client)
         self._scripts = {name: client.register_script(text) for name, text in _redis_scripts.SCRIPTS.items()}
+        self._lane = None if self.cluster or getattr(client, "connection", None) is not None else ScriptLane(client)
         self._queue_keys = {}  # queue name -> keys_of(queue name)
         self._heartbeat = _Heartbeat(self)
         self._closed = False
@@ -201,10 +241,14 @@ class RedisBroker(Broker):
         if extra_keys:
             keys = (*keys, *extra_keys)
         script = self._scripts[name]
-        if not self.cluster and getattr(client, "connection", None) is None:  # a pool, not one fixed connection
+        if client is self.client and self._lane is not None:
+            result = _evalsha_on_the_lane(self._redis, self._lane, script, keys, args)
+        elif not self.cluster and getattr(client, "connection", None) is None:  # a pool, not one fixed connection
             result = _evalsha_on_a_pooled_connection(self._redis, client, script, keys, args)
-            if result is not _THE_USUAL_WAY:
-                return result
+        else:
+            result = _THE_USUAL_WAY
+        if result is not _THE_USUAL_WAY:
+            return result
         return script(keys=keys, args=list(args), client=client)
 
     def new_client(self):
@@ -361,6 +405,8 @@ class RedisBroker(Broker):
     def close(self):
         self._closed = True
         self._heartbeat.stop()
+        if self._lane is not None:
+            self._lane.close()
         if self._owns_client:
             self.client.close()
 

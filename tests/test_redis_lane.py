@@ -1,0 +1,123 @@
+"""The Redis broker's script lane: its own connections for EVALSHA, on the real Redis.
+
+What it must keep, beside speed: requests byte for byte as redis-py packs them;
+a connection interrupted mid-call is never lent with a reply left unread; a full
+lane makes callers wait, then fail with an error that says so; a forked child
+leaves the parent's connections alone.
+"""
+
+import os
+import threading
+
+import pytest
+
+from greenq.errors import ConnectionError
+from greenq.message import Message
+
+from redis_helpers import REDIS_URL, require_server
+from test_redis_broker import fetch_all, make, namespace  # noqa: F401 - fixtures
+
+
+@pytest.fixture(autouse=True)
+def _redis():
+    require_server("Redis", "127.0.0.1", 6379)
+
+
+def message_for(queue_name, i):
+    return Message(queue_name=queue_name, actor_name="noop", args=(i,), kwargs={}, options={})
+
+
+def test_requests_are_packed_as_redis_py_packs_them(make):
+    import redis
+
+    broker = make()
+    lane = broker._lane
+    connection = lane.checkout()
+    try:
+        keys = broker.keys_of("q")
+        args = [1733500000000, "d\u00e9j\u00e0-vu", b"\x00{\"raw\": 1}\xff", 0, "", 2.5, -7]
+        expected = b"".join(connection.pack_command("EVALSHA", "a" * 40, len(keys), *keys, *args))
+        assert lane.pack(connection, "a" * 40, keys, args) == expected
+        assert lane.pack(connection, "a" * 40, keys, args) == expected  # from the cached head
+        with pytest.raises(redis.exceptions.DataError):
+            lane.pack(connection, "a" * 40, keys, [True])  # what redis-py refuses, the lane refuses
+    finally:
+        lane.checkin(connection)
+
+
+class Interrupted(BaseException):
+    """Stands for a greenlet killed (a time limit) while it waited for Redis's answer."""
+
+
+def test_a_call_interrupted_before_its_answer_leaves_no_answer_behind(make, queue_name, monkeypatch):
+    broker = make()
+    broker.enqueue(message_for(queue_name, 1))
+    lane = broker._lane
+    connection_class = broker.client.connection_pool.connection_class
+    read_response = connection_class.read_response
+    interrupted = []
+
+    def interrupt_once(self, *a, **kw):
+        if not interrupted:
+            interrupted.append(self)
+            raise Interrupted()
+        return read_response(self, *a, **kw)
+
+    monkeypatch.setattr(connection_class, "read_response", interrupt_once)
+    with pytest.raises(Interrupted):
+        broker.enqueue(message_for(queue_name, 2))  # it ran; its answer is left unread on the socket
+    monkeypatch.setattr(connection_class, "read_response", read_response)
+    assert interrupted[0]._sock is None  # disconnected, not lent again with that answer pending
+    assert lane._idle == [interrupted[0]] and lane._open == 1
+    counts = broker.queue_counts(queue_name)
+    broker.enqueue(message_for(queue_name, 3))  # reconnects, and reads its own answer, not the stale one
+    assert broker.queue_counts(queue_name)["ready"] == counts["ready"] + 1 == 3
+    consumer = broker.consume(queue_name)
+    try:
+        assert sorted(m.args[0] for m in fetch_all(consumer, 3)) == [1, 2, 3]
+    finally:
+        consumer.close()
+
+
+def test_a_full_lane_makes_callers_wait_then_says_so(make, queue_name):
+    broker = make(max_connections=1)
+    lane = broker._lane
+    assert lane.limit == 1
+    lane.timeout = 0.2
+    held = lane.checkout()  # the only connection the lane may open
+    with pytest.raises(ConnectionError, match="no free connection for script calls: all 1 in use for 0.2s"):
+        broker.enqueue(message_for(queue_name, 1))
+    lane.timeout = 30
+    sent = threading.Event()
+    sender = threading.Thread(target=lambda: (broker.enqueue(message_for(queue_name, 2)), sent.set()))
+    sender.start()
+    assert not sent.wait(0.2)  # waiting for the held connection
+    lane.checkin(held)
+    sender.join(30)
+    assert sent.is_set() and lane._open == 1
+    assert broker.queue_counts(queue_name)["ready"] == 1
+
+
+def test_a_forked_child_opens_its_own_connections(make, queue_name):
+    broker = make()
+    broker.enqueue(message_for(queue_name, 1))
+    parents = list(broker._lane._idle)
+    assert len(parents) == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send through the broker, report, and leave without cleaning up
+        code = 1
+        try:
+            broker.enqueue(message_for(queue_name, 2))
+            mine = broker._lane._idle
+            code = 0 if len(mine) == 1 and mine[0] is not parents[0] else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"\x00"
+    os.waitpid(pid, 0)
+    os.close(read)
+    broker.enqueue(message_for(queue_name, 3))  # the parent's connection still works
+    assert broker._lane._idle == parents
+    assert broker.queue_counts(queue_name)["ready"] == 3
