@@ -607,6 +607,7 @@ def test_a_script_call_goes_to_the_brokers_own_connection_and_falls_back_to_redi
     try:
         broker.enqueue(message_for(queue_name, args=(1,)))  # Redis has not seen the script: loaded, called again
         broker.enqueue(message_for(queue_name, args=(2,)))  # the usual case: the broker's own connection
+        broker.ping()  # the worker command's start-up check: on the lane too
         assert through_script == [] and checkouts == []  # the pool lent nothing
         assert broker._lane._open == 1 and len(broker._lane._idle) == 1
         admin.script_flush()  # as after a restart: EVALSHA fails before anything ran, the lane loads the script

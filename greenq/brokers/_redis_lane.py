@@ -19,8 +19,10 @@ greenlet killed mid-read) disconnects it, and its next use reconnects.
 
 Bounded like the pool: at most ``max_connections`` connections (the pool's),
 opened as calls overlap; past that a call waits for one, up to the pool's
-``timeout``. Other commands (counts, dead-letter reads, a consumer's blocking
-wait) keep using the client's pool. After ``os.fork`` the child leaves the
+``timeout``. The broker's ``ping`` goes over the lane too, so a worker, which
+sends nothing else over the broker's client, opens no pool connection; other
+commands (counts, dead-letter reads, a multi-queue ``send_many``'s pipeline, a
+consumer's blocking wait) keep using redis-py's pools. After ``os.fork`` the child leaves the
 parent's connections alone and opens its own.
 """
 
@@ -110,6 +112,23 @@ class ScriptLane:
             self._open -= len(idle)
         for connection in idle:
             connection.disconnect()
+
+    def execute(self, *args):
+        """One plain command on a lane connection (``PING``): the pool then stays unopened in a worker."""
+        import redis
+
+        connection = self.checkout()
+        try:
+            connection.connect()
+            connection.send_command(*args)
+            return connection.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # read in full: the connection is fine
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            self.checkin(connection)
 
     # --- packing -------------------------------------------------------------------------
 

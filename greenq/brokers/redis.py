@@ -400,7 +400,10 @@ class RedisBroker(Broker):
 
     def ping(self):
         with self.translated("pinging"):
-            self.client.ping()
+            if self._lane is not None:
+                self._lane.execute("PING")
+            else:
+                self.client.ping()
 
     def close(self):
         self._closed = True
