@@ -381,12 +381,9 @@ class Link:
             self._driver = concurrency.current()
             try:
                 self._run_request(request)
-                while request.state == "pending":
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
+                if request.state == "pending":
                     self._coalesce_output()
-                    connection.process_data_events(time_limit=left)
+                    _io_until(connection, lambda: request.state != "pending", deadline)
             except CONNECTION_ERRORS as e:
                 self._lost(e)
             finally:
@@ -480,10 +477,9 @@ class Link:
         self._pending.discard(request)
         if request.state != "done":  # not already failed by _shutdown
             self._finish(request, error)
-        if self._parks and (self._driver is not None or not self._pending) and self.connection is not None:
-            # Whoever waits in process_data_events (a driving caller for its confirm,
-            # or the owner, who may park now) returns early only for pika's own ready
-            # events: a zero-delay timer is one.
+        if self._parks and self._driver is None and not self._pending and self.connection is not None:
+            # The owner waits in process_data_events, which returns early only for
+            # pika's own ready events (a zero-delay timer is one): it may park now.
             try:
                 self.connection.call_later(0, _nothing)
             except CONNECTION_ERRORS + (pika.exceptions.AMQPError, AttributeError):
@@ -532,6 +528,29 @@ class Link:
 
 def _nothing():
     pass
+
+
+def _io_until(connection, done, deadline):
+    """Run ``connection``'s I/O until ``done()`` or the monotonic ``deadline``.
+
+    ``process_data_events`` returns only on its time limit or pika's own ready
+    events, and costs two timers per call; this waits on ``done`` itself, with one
+    timer for the deadline. It uses two of pika's private parts, as
+    ``BlockingChannel`` does: ``_impl`` (the asynchronous connection, whose
+    ``ioloop`` keeps the timer) and ``_flush_output`` (the loop every blocking call
+    of pika runs in). A closed connection raises, as in any blocking call.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return
+    expired = []
+    ioloop = connection._impl.ioloop
+    timer = ioloop.call_later(left, lambda: expired.append(True))
+    try:
+        connection._flush_output(lambda: expired or done())
+    finally:
+        if not expired:
+            ioloop.remove_timeout(timer)
 
 
 _live_links = weakref.WeakSet()  # links that had detached requests, for the exit flush
