@@ -13,6 +13,8 @@ imported with the broker from ``BENCH_BROKER_URL``). Actions:
     publisher confirms the other way round from the system's default (greenq:
     ``confirm_delivery=False``; Dramatiq: ``confirm_delivery=True``), so both
     systems have a figure with confirms and one without.
+``sends --n N``  the one-by-one part of ``enqueue`` alone, for the paired rounds
+    in which ``benchmarks.run`` alternates greenq's and Dramatiq's producers.
 ``latency --n N --spacing MS``  send one latency job every MS milliseconds.
 
 Prints one JSON line. No gevent here: a plain producer process, as a web app
@@ -70,16 +72,10 @@ def _one_by_one(system, task, n):
     return n / (time.perf_counter() - start)
 
 
-def enqueue(system, app, n):
-    result = {"one_by_one": _one_by_one(system, app.enqueued, n), "batch": None}
+def sends(system, app, n):
+    """N ``send()`` calls one by one with the system's defaults; on RabbitMQ also with the other confirm setting."""
+    result = {"one_by_one": _one_by_one(system, app.enqueued, n)}
     _purge(system, app)
-    if system == "greenq":
-        task = app.enqueued
-        start = time.perf_counter()
-        for first in range(0, n, CHUNK):
-            task.send_many([(i,) for i in range(first, min(n, first + CHUNK))])
-        result["batch"] = n / (time.perf_counter() - start)
-        _purge(system, app)
     if system != "celery" and os.environ["BENCH_BROKER_URL"].startswith("amqp"):
         # the default's figure is the one for its own setting; measure the other setting
         default = bool(app.broker.confirm_delivery)
@@ -95,6 +91,19 @@ def enqueue(system, app, n):
     return result
 
 
+def enqueue(system, app, n):
+    """``sends``, then (greenq) N through the batch API."""
+    result = {**sends(system, app, n), "batch": None}
+    if system == "greenq":
+        task = app.enqueued
+        start = time.perf_counter()
+        for first in range(0, n, CHUNK):
+            task.send_many([(i,) for i in range(first, min(n, first + CHUNK))])
+        result["batch"] = n / (time.perf_counter() - start)
+        _purge(system, app)
+    return result
+
+
 def latency(system, app, n, spacing_ms):
     _send(system, app.latency, 0)  # warm the connection; the worker ignores it
     time.sleep(spacing_ms / 1000)
@@ -107,7 +116,7 @@ def latency(system, app, n, spacing_ms):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("system", choices=["greenq", "dramatiq", "celery"])
-    parser.add_argument("action", choices=["load", "enqueue", "latency"])
+    parser.add_argument("action", choices=["load", "enqueue", "sends", "latency"])
     parser.add_argument("job", nargs="?", default="noop")
     parser.add_argument("--phase", type=int, default=0)
     parser.add_argument("--n", type=int, default=1000)
@@ -119,6 +128,8 @@ def main():
         result = load(args.system, app, args.job, args.phase, args.n, args.keep_alive)
     elif args.action == "enqueue":
         result = enqueue(args.system, app, args.n)
+    elif args.action == "sends":
+        result = sends(args.system, app, args.n)
     else:
         result = latency(args.system, app, args.n, args.spacing)
     if args.system != "celery":

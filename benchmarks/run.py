@@ -20,6 +20,14 @@ Then the peak RSS of the largest worker process, the broker connections seen
 during scrape, the enqueue rates from one producer process (on RabbitMQ also with publisher
 confirms on and off for both systems, whatever their defaults), and a second
 short scrape at ``--small-threads`` to show whether connections grow with ``-t``.
+
+Paired measurements, for the ratio targets. This machine's speed drifts by
+20-30% from minute to minute, more than the differences the targets are about,
+so the ratios are not taken between cases minutes apart: a greenq case runs a
+bare pool beside its workers and measures it just before and after each
+throughput phase (``--no-pair-bare`` turns that off), and after each
+repetition greenq's and Dramatiq's producers alternate for ``--send-rounds``
+rounds per broker (a row of system ``sends``).
 A case that fails for any reason becomes a row with an ``error`` note and the
 run goes on; whatever stops the run, the rows measured so far are written.
 
@@ -396,34 +404,52 @@ def _enqueue(case, args, row):
 
 
 def measure_case(run, system, broker, args):
-    """One row for a system on a broker; a failure anywhere marks the row failed (with a note), never raises."""
+    """One row for a system on a broker; a failure anywhere marks the row failed (with a note), never raises.
+
+    With ``--pair-bare`` (the default) a greenq case also starts a bare pool beside its
+    workers, idle while greenq runs, and measures it just before and just after each of
+    greenq's throughput phases: ``pair_<job>_rate`` and ``pair_<job>_cpu_ms`` are the
+    means of those two, seconds apart from greenq's own figure instead of minutes.
+    """
     row = {"system": system, "broker": broker}
     log(f"== {system}/{broker}: {args.processes} x {args.threads} greenlets")
-    case = None
+    case = pair = None
     try:
         case = Case(run, system, broker, args.threads)
         case.start()
+        if system == "greenq" and args.pair_bare:
+            pair = Case(run, "bare", "none", args.threads, tag="-pair")
+            pair.start()
         if system != "bare":
             lat = case.latency(args.latency_samples, args.latency_spacing)
             row.update(latency_p50_ms=lat["p50"], latency_p99_ms=lat["p99"])
         for name, job, keep_alive in (("noop", "noop", False), ("scrape", "scrape", False),
                                       ("scrape_ka", "scrape", True)):
-            result = case.throughput(job, args.noop_n if name == "noop" else args.n, keep_alive,
-                                     count_conns=name == "scrape")
+            n = args.noop_n if name == "noop" else args.n
+            around = [pair.throughput(job, n, keep_alive)] if pair is not None else []
+            result = case.throughput(job, n, keep_alive, count_conns=name == "scrape")
             row[f"{name}_rate"] = result["rate"]
             row[f"{name}_cpu_ms"] = result["cpu_ms"]
             if name == "scrape":
                 row["conns"] = result["conns"]
-            log(f"   {name:<10} {result['rate']:8.0f} jobs/s  {result['cpu_ms']:.3f} ms CPU/job"
-                + (f"  {result['conns']} broker conns" if case.port and name == "scrape" else ""))
+            text = (f"   {name:<10} {result['rate']:8.0f} jobs/s  {result['cpu_ms']:.3f} ms CPU/job"
+                    + (f"  {result['conns']} broker conns" if case.port and name == "scrape" else ""))
+            if pair is not None:
+                around.append(pair.throughput(job, n, keep_alive))
+                row[f"pair_{name}_rate"] = statistics.mean(r["rate"] for r in around)
+                row[f"pair_{name}_cpu_ms"] = statistics.mean(r["cpu_ms"] for r in around)
+                text += (f"   (bare pool around it: {around[0]['rate']:.0f} and {around[1]['rate']:.0f} jobs/s,"
+                         f" {row[f'pair_{name}_cpu_ms']:.3f} ms CPU/job)")
+            log(text)
         row["rss_mib"] = case.peak_rss_mib()
         if system != "bare":
             _enqueue(case, args, row)
     except Exception as e:
         row["error"] = _fail(e)
     finally:
-        if case is not None:
-            _tidy(case)
+        for started in (pair, case):
+            if started is not None:
+                _tidy(started)
     if "error" not in row and case.port and args.small_threads:
         small = None
         try:
@@ -437,6 +463,38 @@ def measure_case(run, system, broker, args):
             if small is not None:
                 _tidy(small)
     return row
+
+
+def measure_send_rounds(run, broker, args):
+    """greenq's and Dramatiq's one-by-one ``send()`` on one broker, their producers alternating.
+
+    ``--send-rounds`` rounds, each one producer run of each system back to back
+    (greenq first in odd rounds, Dramatiq first in even ones, so a drift of the
+    machine favours neither); the send() targets take the median of the rounds'
+    ratios. Returns ``[{"greenq": {...}, "dramatiq": {...}}]`` (the producer's
+    ``sends`` results), or None when a producer failed (the failure is logged).
+    """
+    log(f"== send() rounds on {broker}: greenq and dramatiq alternating, {args.send_rounds} rounds")
+    cases = {}
+    try:
+        cases = {system: Case(run, system, broker, args.threads, tag="-sends") for system in ("greenq", "dramatiq")}
+        rounds = []
+        for i in range(args.send_rounds):
+            order = ("greenq", "dramatiq") if i % 2 == 0 else ("dramatiq", "greenq")
+            rounds.append({system: cases[system].produce("sends", "--n", args.enqueue_n) for system in order})
+            g, d = rounds[-1]["greenq"], rounds[-1]["dramatiq"]
+            text = f"   round {i + 1}: send()/s greenq {g['one_by_one']:.0f}, dramatiq {d['one_by_one']:.0f}"
+            if "confirmed" in g and "confirmed" in d:
+                text += (f"; with confirms {g['confirmed']:.0f} vs {d['confirmed']:.0f},"
+                         f" without {g['unconfirmed']:.0f} vs {d['unconfirmed']:.0f}")
+            log(text)
+        return rounds
+    except Exception as e:
+        _fail(e, where=f" (send() rounds on {broker})")
+        return None
+    finally:
+        for case in cases.values():
+            _tidy(case)
 
 
 def parse_args(argv=None):
@@ -454,6 +512,12 @@ def parse_args(argv=None):
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--latency-spacing", type=float, default=20.0, help="ms between latency messages [20]")
     parser.add_argument("--repeat", type=int, default=1, help="measure every case this many times [1]")
+    parser.add_argument("--no-pair-bare", dest="pair_bare", action="store_false",
+                        help="do not measure a bare pool beside each greenq case (the targets then compare "
+                             "with the bare pool's own case, minutes away)")
+    parser.add_argument("--send-rounds", type=int, default=3,
+                        help="alternating greenq/Dramatiq producer rounds per broker and repetition for the "
+                             "send() targets (0: compare the cases' own figures) [3]")
     parser.add_argument("--install-peers", action="store_true",
                         help="create benchmarks/.venv-peers (Dramatiq, Celery) and benchmarks/.venv-greenq "
                              "(greenq's dependencies at the same pins) if missing")
@@ -503,6 +567,12 @@ def main(argv=None):
                 row = measure_case(run, system, broker, args)
                 row["rep"] = rep
                 rows.append(row)
+            if args.send_rounds and "greenq" in args.systems and "dramatiq" in args.systems:
+                for broker in ("redis", "rabbitmq"):
+                    if broker in args.brokers:
+                        rounds = measure_send_rounds(run, broker, args)
+                        rows.append({"system": "sends", "broker": broker, "rep": rep, "rounds": rounds,
+                                     **({} if rounds else {"error": "a producer failed (see the log)"})})
         complete = True
     finally:  # whatever stopped the run (Ctrl-C, a server that did not start), the rows so far are written
         failed = not complete or any("error" in r for r in rows)

@@ -73,8 +73,11 @@ def test_bare_pool_and_greenq_on_sqlite(tmp_path):
     assert set(rows) == {("bare", "none"), ("greenq", "sqlite")}
     check_row(rows["bare", "none"], "bare")
     check_row(rows["greenq", "sqlite"], "greenq")
+    for job in ("noop", "scrape", "scrape_ka"):  # the bare pool measured beside greenq, around each phase
+        assert rows["greenq", "sqlite"][f"pair_{job}_rate"] > 0
     assert "scrape/s" in stdout and "Targets" in stdout
-    assert any("scrape >= 95% of bare pool (sqlite)" in t[1] for t in data["targets"])
+    texts = {t[1]: t[2] for t in data["targets"]}
+    assert texts["scrape >= 95% of bare pool (sqlite)"].endswith(", paired)")
     # both ran on .venv-greenq (the peers' set-up) when it exists, else on this interpreter, and the run says which
     assert data["meta"]["greenq_python"] == (peers.GREENQ.python() if peers.GREENQ.available() else sys.executable)
 
@@ -115,10 +118,13 @@ def test_peers_side_by_side(tmp_path):
     for system, confirms in (("greenq", True), ("dramatiq", False)):
         check_row(rows[system, "rabbitmq"], system)
         check_rabbitmq_sends(rows[system, "rabbitmq"], confirms_by_default=confirms)
-    names = {t[1] for t in data["targets"]}
+    names = {t[1]: t[2] for t in data["targets"]}
     assert "send() >= dramatiq's (rabbitmq, both with publisher confirms)" in names
     assert "send() >= dramatiq's (rabbitmq, both without publisher confirms)" in names
-    assert "send() >= dramatiq's (redis)" in names
+    assert "median of 3 alternating rounds" in names["send() >= dramatiq's (redis)"]
+    rounds = {r["broker"]: r["rounds"] for r in data["rows"] if r["system"] == "sends"}
+    assert set(rounds) == {"redis", "rabbitmq"} and all(len(each) == 3 for each in rounds.values())
+    assert all(r["greenq"]["confirmed"] > 0 and r["dramatiq"]["unconfirmed"] > 0 for r in rounds["rabbitmq"])
 
 
 def _chart_python():
@@ -167,7 +173,7 @@ def _fail_in_start(monkeypatch, log_dir, exc_for):
 def test_an_unexpected_error_fails_one_case_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     timeout = subprocess.TimeoutExpired([sys.executable, "-m", "benchmarks.producer", "greenq", "enqueue"], 300)
     calls = _fail_in_start(monkeypatch, tmp_path / "logs", lambda i: timeout if i == 1 else None)
-    code = run.main(["--systems", "greenq", "--brokers", "sqlite", "--repeat", "2", "--no-chart",
+    code = run.main(["--systems", "greenq", "--brokers", "sqlite", "--repeat", "2", "--no-chart", "--no-pair-bare",
                      "--out", str(tmp_path)])
     assert code == 1 and len(calls) == 2
     (json_path,) = tmp_path.glob("*.json")
@@ -182,7 +188,8 @@ def test_an_unexpected_error_fails_one_case_and_the_run_goes_on(tmp_path, monkey
 def test_an_interrupted_run_still_writes_its_rows(tmp_path, monkeypatch):
     _fail_in_start(monkeypatch, tmp_path / "logs", lambda i: KeyboardInterrupt() if i == 2 else None)
     with pytest.raises(KeyboardInterrupt):
-        run.main(["--systems", "greenq", "--brokers", "sqlite", "--repeat", "3", "--no-chart", "--out", str(tmp_path)])
+        run.main(["--systems", "greenq", "--brokers", "sqlite", "--repeat", "3", "--no-chart", "--no-pair-bare",
+                  "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("*.json")
     data = json.loads(json_path.read_text())
     assert [r["rep"] for r in data["rows"]] == [1] and "error" not in data["rows"][0]
@@ -224,6 +231,62 @@ def test_targets_are_ratios_within_one_repetition():
     assert "MISS" in text
     table = report.table(rows)
     assert "q-cpu scrape" in table and "send conf/s" in table and "send unconf/s" in table
+
+
+def test_paired_figures_decide_the_targets_when_the_run_has_them():
+    rows = [dict(row, rep=1) for row in SAMPLE_ROWS if row["broker"] in ("none", "redis")]
+    greenq = next(row for row in rows if row["system"] == "greenq")
+    # the bare case (minutes away) says 8000/10000 = 80%; the bare pool beside greenq says 8000/12000
+    greenq.update(pair_noop_rate=12000, pair_noop_cpu_ms=0.03, pair_scrape_rate=900, pair_scrape_ka_rate=1400)
+    rounds = [{"greenq": {"one_by_one": g}, "dramatiq": {"one_by_one": d}} for g, d in ((90, 100), (120, 100),
+                                                                                      (110, 100))]
+    rows.append({"system": "sends", "broker": "redis", "rep": 1, "rounds": rounds})
+    results = {name: (text, ok) for _, name, text, ok in report.targets(rows)}
+    assert results["noop >= 75% of bare pool (redis)"] == ("67% (8000 vs 12000/s, paired)", False)
+    assert results["scrape keep-alive >= 95% of bare pool (redis)"][1] is True  # 1400 vs 1400
+    assert results["send() >= dramatiq's (redis)"] == (
+        "1.10x, median of 3 alternating rounds (0.90x, 1.20x, 1.10x)", True)
+    assert greenq["queue_cpu_noop_ms"] == pytest.approx(0.06 - 0.03)  # the paired bare pool's CPU, not the case's
+    table = report.table(rows)
+    assert "sends" not in table  # the rounds are in the targets, not rows of the table
+
+
+def test_a_greenq_case_measures_the_bare_pool_around_each_phase(tmp_path, monkeypatch):
+    order = []
+    rates = iter([100.0, 50.0, 300.0] * 3)  # bare before, greenq, bare after, for each workload
+    _fail_in_start(monkeypatch, tmp_path / "logs", lambda i: None)
+
+    def throughput(case, job, n, keep_alive=False, count_conns=False):
+        order.append((case.system, job, keep_alive))
+        return {"rate": next(rates), "cpu_ms": 0.1 if case.system == "bare" else 0.3, "conns": 0}
+
+    monkeypatch.setattr(run.Case, "throughput", throughput)
+    args = run.parse_args(["--systems", "greenq", "--brokers", "sqlite"])
+    test_run = run.Run(args)
+    try:
+        row = run.measure_case(test_run, "greenq", "sqlite", args)
+    finally:
+        test_run.close()
+    assert "error" not in row, row
+    assert order == [(system, job, ka) for job, ka in (("noop", False), ("scrape", False), ("scrape", True))
+                     for system in ("bare", "greenq", "bare")]
+    assert row["noop_rate"] == 50.0 and row["pair_noop_rate"] == 200.0 and row["pair_scrape_ka_cpu_ms"] == 0.1
+
+
+def test_send_rounds_alternate_which_producer_goes_first(tmp_path, monkeypatch):
+    produced = []
+    _fail_in_start(monkeypatch, tmp_path / "logs", lambda i: None)
+    monkeypatch.setattr(run.Case, "produce", lambda case, *a, **k: produced.append((case.system, a[0])) or {
+        "one_by_one": 10.0})
+    args = run.parse_args(["--systems", "greenq,dramatiq", "--brokers", "sqlite", "--send-rounds", "3"])
+    test_run = run.Run(args)
+    try:
+        rounds = run.measure_send_rounds(test_run, "sqlite", args)
+    finally:
+        test_run.close()
+    assert produced == [("greenq", "sends"), ("dramatiq", "sends"), ("dramatiq", "sends"), ("greenq", "sends"),
+                        ("greenq", "sends"), ("dramatiq", "sends")]
+    assert len(rounds) == 3 and rounds[0] == {"greenq": {"one_by_one": 10.0}, "dramatiq": {"one_by_one": 10.0}}
 
 
 def test_rabbitmq_send_target_compares_like_with_like():
