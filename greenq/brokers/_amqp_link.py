@@ -120,11 +120,13 @@ class Pending:
 class _Request:
     __slots__ = ("fn", "retry", "done", "result", "error", "state", "detached")
 
-    def __init__(self, fn, retry, detached=False):
+    def __init__(self, fn, retry, detached=False, waited=True):
         self.fn = fn
         self.detached = detached
         self.retry = retry
-        self.done = None if detached else threading.Event()  # nobody waits for a detached one
+        # Nobody waits for a detached request; a caller driving its own request makes
+        # the event (under the link's lock) only if it must hand the request over.
+        self.done = threading.Event() if waited and not detached else None
         self.result = None
         self.error = None
         self.state = "queued"  # queued -> running -> done, or queued -> cancelled
@@ -192,8 +194,15 @@ class Link:
         """
         if self.in_owner():
             return fn(self)
-        request = _Request(fn, retry)
-        if not (self._parks and self._drive(request, time.monotonic() + timeout)):
+        if self._parks:
+            request = _Request(fn, retry, waited=False)
+            if not self._drive(request, time.monotonic() + timeout):
+                request.done = threading.Event()
+                self._submit(request)
+            elif not self._await_handed_over(request):
+                return self._outcome(request)
+        else:
+            request = _Request(fn, retry)
             self._submit(request)
         if not request.done.wait(timeout):
             with self._lock:
@@ -202,9 +211,21 @@ class Link:
             if request.state in ("cancelled", "pending"):
                 raise self._timeout_error(timeout)
             request.done.wait()  # already running: it finishes soon, one way or the other
+        return self._outcome(request)
+
+    @staticmethod
+    def _outcome(request):
         if request.error is not None:
             raise request.error
         return request.result
+
+    def _await_handed_over(self, request):
+        """After ``_drive``: whether the request is still to finish in the owner (then it has its event)."""
+        with self._lock:
+            if request.state == "done":
+                return False
+            request.done = threading.Event()
+            return True
 
     def submit(self, fn, *, timeout=30.0, retry=False):
         """Run ``fn(link)`` in the owner without waiting for it; its errors are logged.
@@ -487,10 +508,18 @@ class Link:
 
     def _finish(self, request, error):
         request.error = error
-        request.state = "done"
         if not request.detached:
-            request.done.set()
+            if request.done is None:  # a driven request: its caller may be making its event right now
+                with self._lock:
+                    request.state = "done"
+                    done = request.done
+            else:
+                request.state = "done"
+                done = request.done
+            if done is not None:
+                done.set()
             return
+        request.state = "done"
         if error is not None:
             logger.error("A background RabbitMQ request on the %s link failed: %s: %s",
                          self.role, type(error).__name__, error)
