@@ -8,8 +8,8 @@ peers' virtualenv's (``benchmarks.peers`` installs it there). Without either,
 the chart is skipped with a note and everything else is written.
 
 Queue CPU per job is the workers' CPU per job minus the bare pool's for the
-same job: the bare pool measured beside that greenq case when the run paired
-them (``pair_<job>_cpu_ms``), else the bare pool's own case of the same
+same job: the bare pool measured beside that case when the run paired them
+(``pair_<job>_cpu_ms``), else the bare pool's own case of the same
 repetition. What the queue itself costs.
 
 Targets against the bare pool use the paired figures when there are any, and

@@ -23,8 +23,8 @@ short scrape at ``--small-threads`` to show whether connections grow with ``-t``
 
 Paired measurements, for the ratio targets. This machine's speed drifts by
 20-30% from minute to minute, more than the differences the targets are about,
-so the ratios are not taken between cases minutes apart: a greenq case runs a
-bare pool beside its workers and measures it just before and after each
+so the ratios are not taken between cases minutes apart: each queue's case runs
+a bare pool beside its workers and measures it just before and after each
 throughput phase (``--no-pair-bare`` turns that off), and after each
 repetition greenq's and Dramatiq's producers alternate for ``--send-rounds``
 rounds per broker (a row of system ``sends``).
@@ -406,10 +406,10 @@ def _enqueue(case, args, row):
 def measure_case(run, system, broker, args):
     """One row for a system on a broker; a failure anywhere marks the row failed (with a note), never raises.
 
-    With ``--pair-bare`` (the default) a greenq case also starts a bare pool beside its
-    workers, idle while greenq runs, and measures it just before and just after each of
-    greenq's throughput phases: ``pair_<job>_rate`` and ``pair_<job>_cpu_ms`` are the
-    means of those two, seconds apart from greenq's own figure instead of minutes.
+    Unless ``--no-pair-bare``, a queue's case also starts a bare pool beside its
+    workers, idle while the queue runs, and measures it just before and just after each
+    of the queue's throughput phases: ``pair_<job>_rate`` and ``pair_<job>_cpu_ms`` are
+    the means of those two, seconds apart from the queue's own figure, not minutes.
     """
     row = {"system": system, "broker": broker}
     log(f"== {system}/{broker}: {args.processes} x {args.threads} greenlets")
@@ -417,7 +417,7 @@ def measure_case(run, system, broker, args):
     try:
         case = Case(run, system, broker, args.threads)
         case.start()
-        if system == "greenq" and args.pair_bare:
+        if system != "bare" and args.pair_bare:
             pair = Case(run, "bare", "none", args.threads, tag="-pair")
             pair.start()
         if system != "bare":
@@ -513,7 +513,7 @@ def parse_args(argv=None):
     parser.add_argument("--latency-spacing", type=float, default=20.0, help="ms between latency messages [20]")
     parser.add_argument("--repeat", type=int, default=1, help="measure every case this many times [1]")
     parser.add_argument("--no-pair-bare", dest="pair_bare", action="store_false",
-                        help="do not measure a bare pool beside each greenq case (the targets then compare "
+                        help="do not measure a bare pool beside each queue's case (the targets then compare "
                              "with the bare pool's own case, minutes away)")
     parser.add_argument("--send-rounds", type=int, default=3,
                         help="alternating greenq/Dramatiq producer rounds per broker and repetition for the "

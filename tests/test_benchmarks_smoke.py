@@ -115,6 +115,7 @@ def test_peers_side_by_side(tmp_path):
     rows = {(r["system"], r["broker"]): r for r in data["rows"]}
     for system in ("greenq", "dramatiq", "celery"):
         check_row(rows[system, "redis"], system)
+        assert rows[system, "redis"]["pair_scrape_rate"] > 0  # every queue beside its own bare pool
     for system, confirms in (("greenq", True), ("dramatiq", False)):
         check_row(rows[system, "rabbitmq"], system)
         check_rabbitmq_sends(rows[system, "rabbitmq"], confirms_by_default=confirms)
