@@ -118,8 +118,12 @@ def test_a_caller_that_gives_up_leaves_its_confirm_to_the_owner(brokers, queue_n
     link = broker._publish_link
     parked(link)
     never = Pending()
+    started = time.monotonic()
     with pytest.raises(ConnectionError, match="did not answer within 0.2s"):
         link.call(lambda link: never, timeout=0.2)
+    # The caller drove the I/O loop: its deadline is checked on a one-second tick, not left to
+    # the next heartbeat timer (30 s here) or to nothing at all.
+    assert time.monotonic() - started < 10
     # Outstanding now: the owner watches the socket and runs what callers hand over.
     assert len(link._pending) == 1
     me = threading.get_ident()

@@ -87,6 +87,7 @@ CONNECTION_ERRORS = (
 DETACHED_LIMIT = 1000
 
 _IDLE_WAIT = 1.0        # seconds the owner waits for I/O when nothing is asked of it
+_DRIVE_TICK = 1.0       # seconds between deadline checks of a caller driving the I/O loop
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 
@@ -164,6 +165,7 @@ class Link:
         self._unpark = threading.Event()
         self._baton = threading.Lock()  # who may touch the connection: the active owner, or a driving caller
         self._driver = None  # the thread running a request itself while the owner is parked
+        self._tick_armed = None  # the connection whose I/O loop has a drive tick armed (see _io_until)
         self.connection = None
         self.connection_name = f"greenq {self.role} pid={self._pid} link={id(self):x}"
 
@@ -194,9 +196,10 @@ class Link:
         """
         if self.in_owner():
             return fn(self)
+        deadline = time.monotonic() + timeout
         if self._parks:
             request = _Request(fn, retry, waited=False)
-            if not self._drive(request, time.monotonic() + timeout):
+            if not self._drive(request, deadline):
                 request.done = threading.Event()
                 self._submit(request)
             elif not self._await_handed_over(request):
@@ -204,7 +207,7 @@ class Link:
         else:
             request = _Request(fn, retry)
             self._submit(request)
-        if not request.done.wait(timeout):
+        if not request.done.wait(max(0.0, deadline - time.monotonic())):
             with self._lock:
                 if request.state == "queued":
                     request.state = "cancelled"
@@ -395,8 +398,8 @@ class Link:
         try:
             with self._lock:
                 connection = self.connection
-                if (not self._parked or self._requests or self._closed or os.getpid() != self._pid
-                        or connection is None or not connection.is_open):
+                if (not self._parked or self._requests or self._pending or self._detached or self._closed
+                        or os.getpid() != self._pid or connection is None or not connection.is_open):
                     return False
                 request.state = "running"
             self._driver = concurrency.current()
@@ -404,7 +407,7 @@ class Link:
                 self._run_request(request)
                 if request.state == "pending":
                     self._coalesce_output()
-                    _io_until(connection, lambda: request.state != "pending", deadline)
+                    self._io_until(connection, lambda: request.state != "pending", deadline)
             except CONNECTION_ERRORS as e:
                 self._lost(e)
             finally:
@@ -414,6 +417,34 @@ class Link:
         if request.state != "done":
             self._unpark.set()
         return True
+
+    def _io_until(self, connection, done, deadline):
+        """Run ``connection``'s I/O in this (driving) thread until ``done()`` or the monotonic ``deadline``.
+
+        ``process_data_events`` returns only on its time limit or pika's own ready
+        events and costs two timers a call, each a push into pika's timer heap of
+        Python objects; this waits on ``done`` itself. The deadline is checked
+        whenever the I/O loop wakes, and a tick timer (``_DRIVE_TICK``) wakes it
+        while a caller drives: one timer a second for the link, not one per send,
+        so a deadline may pass by up to a tick before it is noticed. It uses two of
+        pika's private parts, as ``BlockingChannel`` does: ``_impl`` (the
+        asynchronous connection, whose ``ioloop`` keeps the timer) and
+        ``_flush_output`` (the loop every blocking call of pika runs in). A closed
+        connection raises, as in any blocking call.
+        """
+        if time.monotonic() >= deadline:
+            return
+        if self._tick_armed is not connection:
+            self._tick_armed = connection
+            connection._impl.ioloop.call_later(_DRIVE_TICK, lambda: self._tick(connection))
+        connection._flush_output(lambda: done() or time.monotonic() >= deadline)
+
+    def _tick(self, connection):
+        """The drive tick fired (in whoever runs the I/O loop): again in a tick while a caller drives."""
+        if self._driver is not None and self.connection is connection:
+            connection._impl.ioloop.call_later(_DRIVE_TICK, lambda: self._tick(connection))
+        elif self._tick_armed is connection:
+            self._tick_armed = None
 
     def _connect(self):
         params = pika.URLParameters(self.url)
@@ -557,29 +588,6 @@ class Link:
 
 def _nothing():
     pass
-
-
-def _io_until(connection, done, deadline):
-    """Run ``connection``'s I/O until ``done()`` or the monotonic ``deadline``.
-
-    ``process_data_events`` returns only on its time limit or pika's own ready
-    events, and costs two timers per call; this waits on ``done`` itself, with one
-    timer for the deadline. It uses two of pika's private parts, as
-    ``BlockingChannel`` does: ``_impl`` (the asynchronous connection, whose
-    ``ioloop`` keeps the timer) and ``_flush_output`` (the loop every blocking call
-    of pika runs in). A closed connection raises, as in any blocking call.
-    """
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return
-    expired = []
-    ioloop = connection._impl.ioloop
-    timer = ioloop.call_later(left, lambda: expired.append(True))
-    try:
-        connection._flush_output(lambda: expired or done())
-    finally:
-        if not expired:
-            ioloop.remove_timeout(timer)
 
 
 _live_links = weakref.WeakSet()  # links that had detached requests, for the exit flush
