@@ -15,6 +15,8 @@ imported with the broker from ``BENCH_BROKER_URL``). Actions:
     systems have a figure with confirms and one without.
 ``sends --n N``  the one-by-one part of ``enqueue`` alone, for the paired rounds
     in which ``benchmarks.run`` alternates greenq's and Dramatiq's producers.
+``calls --n N [--confirms on|off]``  N ``send()`` calls and nothing else, untimed,
+    for ``benchmarks.instructions`` to count under callgrind.
 ``latency --n N --spacing MS``  send one latency job every MS milliseconds.
 
 Prints one JSON line. No gevent here: a plain producer process, as a web app
@@ -91,6 +93,24 @@ def sends(system, app, n):
     return result
 
 
+def calls(system, app, n, confirms):
+    """Just N ``send()`` calls one by one, untimed: what ``benchmarks.instructions`` counts under callgrind.
+
+    ``confirms`` (RabbitMQ only): ``default``, ``on`` or ``off`` for publisher confirms.
+    """
+    broker = app.broker
+    if confirms != "default":
+        broker = app.make_broker(confirm_delivery=confirms == "on")
+    task = app.enqueued_on(broker) if broker is not app.broker else app.enqueued
+    _send(system, task, -1)  # connect and declare first, as in the timed workloads
+    for i in range(n):
+        _send(system, task, i)
+    if broker is not app.broker:
+        broker.close()
+    _purge(system, app)
+    return {"sent": n + 1}
+
+
 def enqueue(system, app, n):
     """``sends``, then (greenq) N through the batch API."""
     result = {**sends(system, app, n), "batch": None}
@@ -116,12 +136,13 @@ def latency(system, app, n, spacing_ms):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("system", choices=["greenq", "dramatiq", "celery"])
-    parser.add_argument("action", choices=["load", "enqueue", "sends", "latency"])
+    parser.add_argument("action", choices=["load", "enqueue", "sends", "calls", "latency"])
     parser.add_argument("job", nargs="?", default="noop")
     parser.add_argument("--phase", type=int, default=0)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--spacing", type=float, default=20.0)
     parser.add_argument("--keep-alive", action="store_true")
+    parser.add_argument("--confirms", choices=["default", "on", "off"], default="default")
     args = parser.parse_args()
     app = _app(args.system)
     if args.action == "load":
@@ -130,6 +151,8 @@ def main():
         result = enqueue(args.system, app, args.n)
     elif args.action == "sends":
         result = sends(args.system, app, args.n)
+    elif args.action == "calls":
+        result = calls(args.system, app, args.n, args.confirms)
     else:
         result = latency(args.system, app, args.n, args.spacing)
     if args.system != "celery":

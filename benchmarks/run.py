@@ -254,12 +254,18 @@ class Case:
         return found
 
     def produce(self, *args, timeout=300):
-        cmd = [self.python(), "-m", "benchmarks.producer", self.system, *map(str, args)]
+        """Run ``benchmarks.producer`` with ``args``; its JSON result."""
+        done = self.run_producer(*args, timeout=timeout)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def run_producer(self, *args, timeout=300, wrapper=()):
+        """Run ``benchmarks.producer`` with ``args`` under ``wrapper`` (a command prefix); the finished process."""
+        cmd = [*wrapper, self.python(), "-m", "benchmarks.producer", self.system, *map(str, args)]
         done = subprocess.run(cmd, cwd=ROOT, env=_env({**self.env(), "BENCH_WORKER": ""}), capture_output=True,
                               text=True, timeout=timeout)
         if done.returncode != 0:
             raise BenchError(f"{self.label}: producer {' '.join(map(str, args))} failed:\n{done.stderr[-2000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return done
 
     def _load(self, job, n, keep_alive):
         if self.system == "bare":

@@ -128,6 +128,20 @@ def test_peers_side_by_side(tmp_path):
     assert all(r["greenq"]["confirmed"] > 0 and r["dramatiq"]["unconfirmed"] > 0 for r in rounds["rabbitmq"])
 
 
+def test_instruction_counts_of_a_send(tmp_path):
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not on PATH")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--systems", "greenq", "--brokers",
+                           "sqlite", "--n", "10", "--base", "2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    header, row = done.stdout.strip().splitlines()
+    assert header.split()[:3] == ["broker", "confirms", "greenq"]
+    broker, _, count = row.split()
+    # a send() is some tens of thousands of instructions at the very least, and not tens of millions
+    assert broker == "sqlite" and 20 < float(count) < 20000, row
+
+
 def _chart_python():
     """An interpreter whose matplotlib imports: this one, else the peers' virtualenv's (as report.make_chart does)."""
     if importlib.util.find_spec("matplotlib") is not None:

@@ -1,0 +1,95 @@
+"""What one ``send()`` costs the sending process, in CPU instructions: greenq beside Dramatiq.
+
+    python -m benchmarks.instructions                      # redis, rabbitmq (confirms on and off), sqlite
+    python -m benchmarks.instructions --brokers redis --n 300
+
+Rates on a shared 2-core machine move by 20-30% from minute to minute, more
+than the difference between two producers; an instruction count does not.
+Each figure runs the producer (``benchmarks.producer ... calls``) twice under
+valgrind's callgrind, with ``--base`` and with ``--base + --n`` sends, and
+divides the difference by ``--n``: start-up, imports and the connection cancel
+out, and what is left is the cost of one ``send()`` in the sending process
+(the broker server's own work is not counted; on RabbitMQ with publisher
+confirms, neither is the wait for the confirm). A run takes a minute or two
+per figure (callgrind is about fifty times slower than the CPU).
+
+Needs ``valgrind`` on PATH, the servers of the brokers asked for, and for
+Dramatiq ``benchmarks/.venv-peers`` (``python -m benchmarks.peers``).
+"""
+
+import argparse
+import re
+import shutil
+import sys
+
+from . import peers
+from .run import BenchError, Case, Run, log, parse_args
+
+#: (broker, confirms) pairs measured; confirms only mean something on RabbitMQ.
+SETTINGS = {"redis": ["default"], "rabbitmq": ["on", "off"], "sqlite": ["default"]}
+
+
+def instructions(case, n, confirms):
+    """Instructions callgrind counted for a producer run of ``n`` sends."""
+    wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    out = case.run_producer("calls", "--n", n, "--confirms", confirms, wrapper=wrapper, timeout=1800).stderr
+    found = re.search(r"Collected\s*:\s*(\d+)", out)
+    if found is None:
+        raise BenchError(f"{case.label}: callgrind printed no instruction count:\n{out[-1000:]}")
+    return int(found.group(1))
+
+
+def per_send(case, base, n, confirms):
+    return (instructions(case, base + n, confirms) - instructions(case, base, confirms)) / n
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.splitlines()[0])
+    parser.add_argument("--brokers", default="redis,rabbitmq,sqlite")
+    parser.add_argument("--systems", default="greenq,dramatiq")
+    parser.add_argument("--n", type=int, default=300, help="sends counted [300]")
+    parser.add_argument("--base", type=int, default=100, help="sends in the baseline run [100]")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        log("valgrind is not on PATH: it counts the instructions (apt install valgrind).")
+        return 2
+    systems = [s for s in args.systems.split(",") if s]
+    if "dramatiq" in systems and not peers.PEERS.available():
+        log(f"Skipping dramatiq: {peers.PEERS.path} is missing (python -m benchmarks.peers).")
+        systems.remove("dramatiq")
+    run = Run(parse_args([]))
+    run.http_url = "http://127.0.0.1:9/"  # no page server: the producers fetch nothing
+    results = []
+    try:
+        for broker in [b for b in args.brokers.split(",") if b]:
+            for confirms in SETTINGS[broker]:
+                row = {"broker": broker, "confirms": confirms}
+                for system in systems:
+                    if system == "dramatiq" and broker == "sqlite":
+                        continue
+                    case = Case(run, system, broker, 1, tag="-instructions")
+                    try:
+                        row[system] = per_send(case, args.base, args.n, confirms)
+                    finally:
+                        case.cleanup()
+                    log(f"   {broker:<9} {'confirms ' + confirms if broker == 'rabbitmq' else '':<13} "
+                        f"{system:<9} {row[system] / 1000:8.1f}k instructions a send()")
+                results.append(row)
+    finally:
+        run.close()
+    print(table(results, systems))
+    return 0
+
+
+def table(results, systems):
+    lines = [f"{'broker':<9} {'confirms':<9} " + " ".join(f"{s + ' (k)':>14}" for s in systems)
+             + ("   greenq/dramatiq" if {"greenq", "dramatiq"} <= set(systems) else "")]
+    for row in results:
+        cells = " ".join(f"{row[s] / 1000:14.1f}" if s in row else f"{'-':>14}" for s in systems)
+        ratio = f"   {row['greenq'] / row['dramatiq']:.2f}" if "greenq" in row and "dramatiq" in row else ""
+        lines.append(f"{row['broker']:<9} {row['confirms'] if row['broker'] == 'rabbitmq' else '-':<9} {cells}{ratio}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
