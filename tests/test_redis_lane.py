@@ -121,3 +121,36 @@ def test_a_forked_child_opens_its_own_connections(make, queue_name):
     broker.enqueue(message_for(queue_name, 3))  # the parent's connection still works
     assert broker._lane._idle == parents
     assert broker.queue_counts(queue_name)["ready"] == 3
+
+
+def test_a_send_many_over_several_queues_is_one_write_on_the_lane(make, monkeypatch):
+    import redis
+
+    broker = make()
+    broker.ping()  # the lane's connection and its handshake, before the writes are counted
+    queues = [f"lane-many-{i}" for i in range(3)]
+    admin = redis.Redis.from_url(REDIS_URL)
+    admin.script_flush()  # Redis does not know the script: every call is refused unrun, then sent again
+    checkouts = []
+    checkout = broker.client.connection_pool.get_connection
+    monkeypatch.setattr(broker.client.connection_pool, "get_connection",
+                        lambda *a, **kw: checkouts.append(1) or checkout(*a, **kw))
+    writes = []
+    connection_class = broker.client.connection_pool.connection_class
+    send_packed = connection_class.send_packed_command
+    monkeypatch.setattr(connection_class, "send_packed_command",
+                        lambda self, command, *a, **kw: writes.append(len(command)) or send_packed(self, command, *a, **kw))
+    try:
+        # 1200 messages for the first queue (three calls of at most 500) and one for each other queue
+        messages = [message_for(queues[0], i) for i in range(1200)] + [message_for(q, 0) for q in queues[1:]]
+        broker.enqueue_many(messages)
+        assert checkouts == []  # not through redis-py's pool and pipeline
+        assert writes == [1, 1, 1]  # the five calls in one write, the script, the five again
+        assert [broker.queue_counts(q)["ready"] for q in queues] == [1200, 1, 1]
+        del writes[:]
+        broker.enqueue_many([message_for(q, 1) for q in queues])
+        assert writes == [1] and [broker.queue_counts(q)["ready"] for q in queues] == [1201, 2, 2]
+    finally:
+        for q in queues:
+            broker.flush(q)
+        admin.close()

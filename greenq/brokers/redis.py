@@ -116,29 +116,30 @@ def _evalsha_on_a_pooled_connection(redis, client, script, keys, args):
         pool.release(connection)
 
 
-def _evalsha_on_the_lane(redis, lane, script, keys, args):
-    """EVALSHA on a connection of the broker's ``ScriptLane``.
+def _evalsha_on_the_lane(redis, lane, script, calls):
+    """``[(keys, args)]`` as EVALSHA calls of ``script`` on one connection of the broker's ``ScriptLane``.
 
-    A script Redis does not know (the first call, or after a restart or ``SCRIPT
-    FLUSH``: nothing ran) is loaded on the same connection and called again.
-    Returns ``_THE_USUAL_WAY`` when the connection broke mid-call (disconnected
-    first); the caller then goes through redis-py's ``Script`` and its retries.
+    All are written at once and their replies read in order (one round trip for
+    a multi-queue ``send_many``). Calls Redis refused because it did not know the
+    script (the first call, or after a restart or ``SCRIPT FLUSH``: they did not
+    run) are sent again once it is loaded, on the same connection. Returns the
+    replies in order, raises the first error a script itself returned, or returns
+    ``_THE_USUAL_WAY`` when the connection broke mid-call (disconnected first): the
+    caller then goes through redis-py, whose retries may run a call whose answer
+    was lost a second time (at-least-once, never lost).
     """
     connection = lane.checkout()
     try:
-        request = lane.pack(connection, script.sha, keys, args)
+        requests = [lane.pack(connection, script.sha, keys, args) for keys, args in calls]
         try:
             connection.connect()  # a no-op when connected
-            connection.send_packed_command((request,))
-            try:
-                return connection.read_response()
-            except redis.exceptions.NoScriptError:
+            replies = _replies(redis, connection, requests)
+            unknown = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+            if unknown:
                 connection.send_command("SCRIPT", "LOAD", script.script)
                 connection.read_response()
-                connection.send_packed_command((request,))
-                return connection.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # the script's own error: the reply was read in full
+                for i, reply in zip(unknown, _replies(redis, connection, [requests[i] for i in unknown])):
+                    replies[i] = reply
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             connection.disconnect()
             return _THE_USUAL_WAY
@@ -147,6 +148,22 @@ def _evalsha_on_the_lane(redis, lane, script, keys, args):
             raise
     finally:
         lane.checkin(connection)
+    for reply in replies:
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply  # the script's own error
+    return replies
+
+
+def _replies(redis, connection, requests):
+    """Write ``requests`` in one go and read one reply each; an error reply is returned, not raised."""
+    connection.send_packed_command((b"".join(requests),))
+    replies = []
+    for _ in requests:
+        try:
+            replies.append(connection.read_response())
+        except redis.exceptions.ResponseError as e:  # read in full: the next reply follows
+            replies.append(e)
+    return replies
 
 
 class RedisBroker(Broker):
@@ -242,7 +259,9 @@ class RedisBroker(Broker):
             keys = (*keys, *extra_keys)
         script = self._scripts[name]
         if client is self.client and self._lane is not None:
-            result = _evalsha_on_the_lane(self._redis, self._lane, script, keys, args)
+            result = _evalsha_on_the_lane(self._redis, self._lane, script, [(keys, args)])
+            if result is not _THE_USUAL_WAY:
+                return result[0]
         elif not self.cluster and getattr(client, "connection", None) is None:  # a pool, not one fixed connection
             result = _evalsha_on_a_pooled_connection(self._redis, client, script, keys, args)
         else:
@@ -279,7 +298,7 @@ class RedisBroker(Broker):
         self._enqueue_many([(message, eta, priority)])
 
     def _enqueue_many(self, entries):
-        """One script call per queue with every message for it; all queues in one pipeline round trip."""
+        """One script call per queue and 500 messages; all of them in one round trip."""
         by_queue = {}
         for message, eta, priority in entries:
             by_queue.setdefault(message.queue_name, []).append(
@@ -296,13 +315,20 @@ class RedisBroker(Broker):
             if self.cluster or len(calls) == 1:
                 results = [(q, self.run("enqueue", q, args)) for q, args in calls]
             else:
-                results = list(zip([q for q, _ in calls], self._pipelined_enqueue(calls)))
+                replies = _THE_USUAL_WAY
+                if self._lane is not None:
+                    replies = _evalsha_on_the_lane(self._redis, self._lane, self._scripts["enqueue"],
+                                                   [(self.keys_of(q), args) for q, args in calls])
+                if replies is _THE_USUAL_WAY:
+                    replies = self._pipelined_enqueue(calls)
+                results = list(zip([q for q, _ in calls], replies))
         for queue_name, moved in results:
             if moved:
                 self._warn_quarantined(queue_name, moved)
 
     def _pipelined_enqueue(self, calls):
-        """EVALSHA per queue in one pipeline; loads the script and replays only if Redis lost it.
+        """EVALSHA per queue in one redis-py pipeline (when the lane cannot); loads the script and replays
+        only if Redis lost it.
 
         (redis-py's own script-in-pipeline support asks SCRIPT EXISTS first: a second round trip.)
         """
