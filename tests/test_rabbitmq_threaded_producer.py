@@ -137,13 +137,13 @@ def test_a_caller_that_gives_up_leaves_its_confirm_to_the_owner(brokers, queue_n
 
 
 def test_a_parked_link_answers_heartbeats_and_keeps_its_connection(brokers, queue_name):
-    broker = brokers(url=RABBITMQ_URL + "?heartbeat=1")
+    broker = brokers(url=RABBITMQ_URL + "?heartbeat=2")
     sink = declare_sender(broker, queue_name)
     link = broker._publish_link
     parked(link)
-    # RabbitMQ closes a connection that misses two heartbeats (2 s here): a link
-    # parked for 4 s that keeps its first connection has answered them.
-    time.sleep(4)
+    # RabbitMQ closes a connection that misses two heartbeats (4 s here): a link
+    # parked for 7 s that keeps its first connection has answered them.
+    time.sleep(7)
     assert link.generation == 1 and link.connection.is_open and link.last_error is None
     sink.send(1)
     assert link.generation == 1
