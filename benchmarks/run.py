@@ -28,6 +28,7 @@ a bare pool beside its workers and measures it just before and after each
 throughput phase (``--no-pair-bare`` turns that off), and after each
 repetition greenq's and Dramatiq's producers alternate for ``--send-rounds``
 rounds per broker (a row of system ``sends``).
+
 A case that fails for any reason becomes a row with an ``error`` note and the
 run goes on; whatever stops the run, the rows measured so far are written.
 
