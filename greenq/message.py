@@ -278,7 +278,8 @@ class MessageProxy:
     """
 
     __slots__ = (
-        "message", "receipt", "options", "failed", "failure", "exception", "result",
+        "_message", "queue_name", "actor_name", "args", "kwargs", "message_id", "message_timestamp",
+        "receipt", "options", "failed", "failure", "exception", "result",
         "retried", "redelivered", "returned", "_interrupt", "__weakref__",
     )
 
@@ -295,17 +296,27 @@ class MessageProxy:
         self.returned = False  # a worker shutdown interrupted it: it goes back to the broker as it came
         self._interrupt = None
 
-    def __getattr__(self, name):
-        return getattr(self.message, name)
+    @property
+    def message(self) -> Message:
+        return self._message
 
-    # The fields every hook and the worker read, as plain properties: ``__getattr__``
-    # runs only after a failed normal lookup, which costs an AttributeError each time.
-    queue_name = property(lambda self: self.message.queue_name)
-    actor_name = property(lambda self: self.message.actor_name)
-    args = property(lambda self: self.message.args)
-    kwargs = property(lambda self: self.message.kwargs)
-    message_id = property(lambda self: self.message.message_id)
-    message_timestamp = property(lambda self: self.message.message_timestamp)
+    @message.setter
+    def message(self, message):
+        # The fields every hook and the worker read are copied into slots: a slot is
+        # read without a call, where a property per field cost a Python call per read
+        # (a dozen per message) and ``__getattr__`` an AttributeError first.
+        self._message = message
+        self.queue_name = message.queue_name
+        self.actor_name = message.actor_name
+        self.args = message.args
+        self.kwargs = message.kwargs
+        self.message_id = message.message_id
+        self.message_timestamp = message.message_timestamp
+
+    def __getattr__(self, name):
+        if name == "_message":  # not set yet (a copy made without __init__): no endless recursion
+            raise AttributeError(name)
+        return getattr(self._message, name)
 
     def __repr__(self):
         return f"MessageProxy({self.to_message()!r})"
@@ -330,4 +341,4 @@ class MessageProxy:
         return bool(hook and hook(exception_type))
 
     def to_message(self) -> Message:
-        return self.message.copy(options=self.options)
+        return self._message.copy(options=self.options)

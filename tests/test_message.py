@@ -132,3 +132,24 @@ def test_a_fresh_message_is_the_message_the_constructor_builds():
         fresh.options["eta"] = 6  # read-only, as the constructor's
     empty = Message.fresh("default", "add", (), None, None)
     assert dict(empty.kwargs) == {} and dict(empty.options) == {}
+
+
+def test_a_proxy_reads_its_message_fields_and_follows_a_replaced_message():
+    import copy
+
+    from greenq.message import MessageProxy
+
+    message = Message(queue_name="q", actor_name="a", args=(1, [2]), kwargs={"k": 3}, options={"o": 4})
+    proxy = MessageProxy(message, receipt="r")
+    assert (proxy.queue_name, proxy.actor_name, proxy.args, dict(proxy.kwargs), proxy.message_id,
+            proxy.message_timestamp) == ("q", "a", (1, [2]), {"k": 3}, message.message_id, message.message_timestamp)
+    assert proxy.message is message and proxy.options == {"o": 4} and proxy.encode() == message.encode()
+    stripped = message.copy(args=(), kwargs={})  # what the worker does to a message it cannot store
+    proxy.message = stripped
+    assert proxy.args == () and dict(proxy.kwargs) == {} and proxy.to_message().args == ()
+    with pytest.raises(AttributeError):
+        proxy.no_such_field
+    bare = MessageProxy.__new__(MessageProxy)  # as copy and pickle make one: no endless __getattr__
+    with pytest.raises(AttributeError):
+        bare.queue_name
+    assert copy.copy(proxy).message_id == message.message_id

@@ -130,6 +130,8 @@ class _Gate:
         return True
 
     def release(self, message):
+        if not self.holding:  # the common case, actors without a limit: nothing to give back, no lock
+            return
         with self.lock:
             entry = self.holding.pop(id(message), None)
         if entry is None:
