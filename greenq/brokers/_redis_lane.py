@@ -25,8 +25,11 @@ commands (dead-letter reads, a consumer's fetches and blocking wait) keep using
 redis-py's pools. A ``send_many`` of more than one script call (several queues,
 or over 500 messages) writes them all at once and reads the replies in order:
 45k messages a second from one producer here, against 28k through redis-py's
-pipeline. After ``os.fork`` the child leaves the
-parent's connections alone and opens its own.
+pipeline.
+
+After ``os.fork`` the child leaves the parent's connections alone and opens its
+own. Instructions per ``send()`` (``python -m benchmarks.instructions``): 190k
+on the lane, 378k through redis-py's pool before it, 504k for Dramatiq's.
 """
 
 import os
