@@ -11,6 +11,7 @@ its connection. States are awaited with deadlines, never assumed after a sleep.
 """
 
 import functools
+import os
 import threading
 import time
 
@@ -148,3 +149,30 @@ def test_a_parked_link_answers_heartbeats_and_keeps_its_connection(brokers, queu
     sink.send(1)
     assert link.generation == 1
     assert [body["args"][0] for body in bodies_of(queue_name)] == [1]
+
+
+def test_a_forked_child_sends_on_a_link_of_its_own(brokers, queue_name):
+    """A broker made before a fork (a web server's preload): the child's sends never touch the parent's socket."""
+    broker = brokers()
+    sink = declare_sender(broker, queue_name)
+    link = broker._publish_link
+    sink.send(0)
+    parked(link)
+    parent_connection = link.connection
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sink.send(1)  # confirmed, on a connection the child opens
+            code = 0 if link.connection is not parent_connection and link._pid == os.getpid() else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"\x00"
+    os.waitpid(pid, 0)
+    os.close(read)
+    sink.send(2)  # the parent's connection is as it was
+    assert link.connection is parent_connection and link.generation == 1
+    assert sorted(body["args"][0] for body in bodies_of(queue_name)) == [0, 1, 2]
