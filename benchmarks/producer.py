@@ -13,8 +13,8 @@ imported with the broker from ``BENCH_BROKER_URL``). Actions:
     publisher confirms the other way round from the system's default (greenq:
     ``confirm_delivery=False``; Dramatiq: ``confirm_delivery=True``), so both
     systems have a figure with confirms and one without.
-``sends --n N``  the one-by-one part of ``enqueue`` alone, for the paired rounds
-    in which ``benchmarks.run`` alternates greenq's and Dramatiq's producers.
+``sends --n N``  what ``enqueue`` measures, for the paired rounds in which
+    ``benchmarks.run`` alternates greenq's and Dramatiq's producers.
 ``calls --n N [--confirms on|off]``  N ``send()`` calls and nothing else, untimed,
     for ``benchmarks.instructions`` to count under callgrind.
 ``latency --n N --spacing MS``  send one latency job every MS milliseconds.
@@ -75,7 +75,8 @@ def _one_by_one(system, task, n):
 
 
 def sends(system, app, n):
-    """N ``send()`` calls one by one with the system's defaults; on RabbitMQ also with the other confirm setting."""
+    """N ``send()`` calls one by one with the system's defaults; on RabbitMQ also with the other confirm setting;
+    greenq's batch API last."""
     result = {"one_by_one": _one_by_one(system, app.enqueued, n)}
     _purge(system, app)
     if system != "celery" and os.environ["BENCH_BROKER_URL"].startswith("amqp"):
@@ -90,7 +91,20 @@ def sends(system, app, n):
         result["default_confirms"] = default
         result["confirmed"], result["unconfirmed"] = ((result["one_by_one"], other) if default
                                                       else (other, result["one_by_one"]))
+    if system == "greenq":
+        result["batch"] = _batch(app, n)
     return result
+
+
+def _batch(app, n):
+    """N messages through greenq's batch API, in chunks of ``CHUNK``: messages a second."""
+    task = app.enqueued
+    start = time.perf_counter()
+    for first in range(0, n, CHUNK):
+        task.send_many([(i,) for i in range(first, min(n, first + CHUNK))])
+    rate = n / (time.perf_counter() - start)
+    _purge("greenq", app)
+    return rate
 
 
 def calls(system, app, n, confirms):
@@ -112,16 +126,8 @@ def calls(system, app, n, confirms):
 
 
 def enqueue(system, app, n):
-    """``sends``, then (greenq) N through the batch API."""
-    result = {**sends(system, app, n), "batch": None}
-    if system == "greenq":
-        task = app.enqueued
-        start = time.perf_counter()
-        for first in range(0, n, CHUNK):
-            task.send_many([(i,) for i in range(first, min(n, first + CHUNK))])
-        result["batch"] = n / (time.perf_counter() - start)
-        _purge(system, app)
-    return result
+    """``sends``, with ``batch`` None for the systems that have no batch API."""
+    return {"batch": None, **sends(system, app, n)}
 
 
 def latency(system, app, n, spacing_ms):

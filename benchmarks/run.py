@@ -477,8 +477,8 @@ def measure_send_rounds(run, broker, args):
 
     ``--send-rounds`` rounds, each one producer run of each system back to back
     (greenq first in odd rounds, Dramatiq first in even ones, so a drift of the
-    machine favours neither); the send() targets take the median of the rounds'
-    ratios. Returns ``[{"greenq": {...}, "dramatiq": {...}}]`` (the producer's
+    machine favours neither); the send() and batch targets take the median of the
+    rounds' ratios. Returns ``[{"greenq": {...}, "dramatiq": {...}}]`` (the producer's
     ``sends`` results), or None when a producer failed (the failure is logged).
     """
     log(f"== send() rounds on {broker}: greenq and dramatiq alternating, {args.send_rounds} rounds")
@@ -491,6 +491,8 @@ def measure_send_rounds(run, broker, args):
             rounds.append({system: cases[system].produce("sends", "--n", args.enqueue_n) for system in order})
             g, d = rounds[-1]["greenq"], rounds[-1]["dramatiq"]
             text = f"   round {i + 1}: send()/s greenq {g['one_by_one']:.0f}, dramatiq {d['one_by_one']:.0f}"
+            if g.get("batch"):
+                text += f" (greenq's batch API {g['batch']:.0f}/s)"
             if "confirmed" in g and "confirmed" in d:
                 text += (f"; with confirms {g['confirmed']:.0f} vs {d['confirmed']:.0f},"
                          f" without {g['unconfirmed']:.0f} vs {d['unconfirmed']:.0f}")

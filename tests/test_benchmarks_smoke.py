@@ -126,6 +126,8 @@ def test_peers_side_by_side(tmp_path):
     rounds = {r["broker"]: r["rounds"] for r in data["rows"] if r["system"] == "sends"}
     assert set(rounds) == {"redis", "rabbitmq"} and all(len(each) == 3 for each in rounds.values())
     assert all(r["greenq"]["confirmed"] > 0 and r["dramatiq"]["unconfirmed"] > 0 for r in rounds["rabbitmq"])
+    assert all(r["greenq"]["batch"] > 0 and "batch" not in r["dramatiq"] for r in rounds["redis"])
+    assert "median of 3 alternating rounds" in names["batch >= 10x dramatiq send() (redis)"]
 
 
 def test_instruction_counts_of_a_send(tmp_path):
@@ -253,14 +255,16 @@ def test_paired_figures_decide_the_targets_when_the_run_has_them():
     greenq = next(row for row in rows if row["system"] == "greenq")
     # the bare case (minutes away) says 8000/10000 = 80%; the bare pool beside greenq says 8000/12000
     greenq.update(pair_noop_rate=12000, pair_noop_cpu_ms=0.03, pair_scrape_rate=900, pair_scrape_ka_rate=1400)
-    rounds = [{"greenq": {"one_by_one": g}, "dramatiq": {"one_by_one": d}} for g, d in ((90, 100), (120, 100),
-                                                                                      (110, 100))]
+    rounds = [{"greenq": {"one_by_one": g, "batch": 10 * g}, "dramatiq": {"one_by_one": d}}
+              for g, d in ((90, 100), (120, 100), (110, 100))]
     rows.append({"system": "sends", "broker": "redis", "rep": 1, "rounds": rounds})
     results = {name: (text, ok) for _, name, text, ok in report.targets(rows)}
     assert results["noop >= 75% of bare pool (redis)"] == ("67% (8000 vs 12000/s, paired)", False)
     assert results["scrape keep-alive >= 95% of bare pool (redis)"][1] is True  # 1400 vs 1400
     assert results["send() >= dramatiq's (redis)"] == (
         "1.10x, median of 3 alternating rounds (0.90x, 1.20x, 1.10x)", True)
+    assert results["batch >= 10x dramatiq send() (redis)"] == (  # the case's own figures say 12.5x
+        "11.0x, median of 3 alternating rounds (9.0x, 12.0x, 11.0x)", True)
     assert greenq["queue_cpu_noop_ms"] == pytest.approx(0.06 - 0.03)  # the paired bare pool's CPU, not the case's
     table = report.table(rows)
     assert "sends" not in table  # the rounds are in the targets, not rows of the table
