@@ -6,8 +6,10 @@ fails the test; on a developer's machine the test is skipped with the reason.
 """
 
 import os
+import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -43,6 +45,29 @@ def drop_redis_namespace(namespace, url=REDIS_URL):
         if keys:
             client.delete(*keys)
     client.close()
+
+
+def run_in_forked_child(check, timeout=30):
+    """Fork; in the child run ``check()`` and exit 0 if it returns true (2 if false, 1 if it raised),
+    without the parent's exit handlers. Returns the child's exit code; a child stuck past ``timeout``
+    seconds (an inherited lock, say) is killed and fails the test instead of hanging the run."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            code = 0 if check() else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung")
+        time.sleep(0.02)  # a child's exit has no event the parent can wait on with a deadline
 
 
 class Recorder:

@@ -10,7 +10,6 @@ a parked link still answers RabbitMQ's heartbeats, so an idle producer keeps
 its connection. States are awaited with deadlines, never assumed after a sleep.
 """
 
-import functools
 import os
 import threading
 import time
@@ -18,35 +17,17 @@ import time
 import pytest
 
 import greenq
-from greenq import concurrency
 from greenq.brokers._amqp_link import Pending
 from greenq.errors import ConnectionError
 
-from support import RABBITMQ_URL, require_server
-from test_rabbitmq_unconfirmed import bodies_of
-
-
-@pytest.fixture(autouse=True)
-def _rabbitmq():
-    require_server("RabbitMQ", "127.0.0.1", 5672)
-    assert not concurrency.using_gevent(), "these tests are about plain threads"
-
-
-@pytest.fixture
-def brokers(rabbitmq_brokers):
-    return functools.partial(rabbitmq_brokers)
-
-
-def wait_until(predicate, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.005)
+from support import RABBITMQ_URL, run_in_forked_child
+from test_rabbitmq_broker import wait_until
+from test_rabbitmq_unconfirmed import _rabbitmq, bodies_of  # noqa: F401 - _rabbitmq: the autouse fixture
 
 
 def parked(link):
     """Wait until the owner has parked and given up the baton (it keeps it until its last I/O is done)."""
-    wait_until(lambda: link._parked and not link._baton.locked(), "the publish link's owner parks")
+    wait_until(lambda: link._parked and not link._baton.locked(), what="the publish link's owner to park")
 
 
 @pytest.fixture
@@ -66,8 +47,9 @@ def declare_sender(broker, queue_name):
     return sink
 
 
-def test_a_confirmed_send_runs_in_the_callers_thread_while_the_owner_is_parked(brokers, queue_name, slow_tick):
-    broker = brokers()
+def test_a_confirmed_send_runs_in_the_callers_thread_while_the_owner_is_parked(rabbitmq_brokers, queue_name,
+                                                                                 slow_tick):
+    broker = rabbitmq_brokers()
     sink = declare_sender(broker, queue_name)
     link = broker._publish_link
     sink.send(0)  # the first request starts the owner, which connects
@@ -83,8 +65,8 @@ def test_a_confirmed_send_runs_in_the_callers_thread_while_the_owner_is_parked(b
     assert sorted(body["args"][0] for body in bodies_of(queue_name)) == list(range(21))
 
 
-def test_threads_sending_at_once_share_the_link_and_lose_nothing(brokers, queue_name):
-    broker = brokers()
+def test_threads_sending_at_once_share_the_link_and_lose_nothing(rabbitmq_brokers, queue_name):
+    broker = rabbitmq_brokers()
     sink = declare_sender(broker, queue_name)
     sink.send(-1)
     threads_n, each = 8, 50
@@ -113,8 +95,8 @@ def test_threads_sending_at_once_share_the_link_and_lose_nothing(brokers, queue_
     assert sent == [-1] + list(range(threads_n * each))  # each exactly once
 
 
-def test_a_caller_that_gives_up_leaves_its_confirm_to_the_owner(brokers, queue_name, slow_tick):
-    broker = brokers()
+def test_a_caller_that_gives_up_leaves_its_confirm_to_the_owner(rabbitmq_brokers, queue_name, slow_tick):
+    broker = rabbitmq_brokers()
     declare_sender(broker, queue_name)
     link = broker._publish_link
     parked(link)
@@ -137,8 +119,8 @@ def test_a_caller_that_gives_up_leaves_its_confirm_to_the_owner(brokers, queue_n
     assert not link._pending
 
 
-def test_a_parked_link_answers_heartbeats_and_keeps_its_connection(brokers, queue_name):
-    broker = brokers(url=RABBITMQ_URL + "?heartbeat=2")
+def test_a_parked_link_answers_heartbeats_and_keeps_its_connection(rabbitmq_brokers, queue_name):
+    broker = rabbitmq_brokers(url=RABBITMQ_URL + "?heartbeat=2")
     sink = declare_sender(broker, queue_name)
     link = broker._publish_link
     parked(link)
@@ -151,28 +133,20 @@ def test_a_parked_link_answers_heartbeats_and_keeps_its_connection(brokers, queu
     assert [body["args"][0] for body in bodies_of(queue_name)] == [1]
 
 
-def test_a_forked_child_sends_on_a_link_of_its_own(brokers, queue_name):
+def test_a_forked_child_sends_on_a_link_of_its_own(rabbitmq_brokers, queue_name):
     """A broker made before a fork (a web server's preload): the child's sends never touch the parent's socket."""
-    broker = brokers()
+    broker = rabbitmq_brokers()
     sink = declare_sender(broker, queue_name)
     link = broker._publish_link
     sink.send(0)
     parked(link)
     parent_connection = link.connection
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            sink.send(1)  # confirmed, on a connection the child opens
-            code = 0 if link.connection is not parent_connection and link._pid == os.getpid() else 2
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(0)
-    os.close(write)
-    assert os.read(read, 1) == b"\x00"
-    os.waitpid(pid, 0)
-    os.close(read)
+
+    def child():  # a confirmed send, on a connection the child opens
+        sink.send(1)
+        return link.connection is not parent_connection and link._pid == os.getpid()
+
+    assert run_in_forked_child(child) == 0
     sink.send(2)  # the parent's connection is as it was
     assert link.connection is parent_connection and link.generation == 1
     assert sorted(body["args"][0] for body in bodies_of(queue_name)) == [0, 1, 2]

@@ -74,6 +74,15 @@ def fetch_all(consumer, expected, timeout=10):
     return got
 
 
+def count_pool_checkouts(monkeypatch, broker):
+    """A list that grows by one each time the broker's redis-py pool lends a connection."""
+    checkouts = []
+    pool = broker.client.connection_pool
+    checkout = pool.get_connection
+    monkeypatch.setattr(pool, "get_connection", lambda *a, **kw: checkouts.append(1) or checkout(*a, **kw))
+    return checkouts
+
+
 def wait_list(raw, key, count, timeout=30):
     """Block on a Redis list until it holds ``count`` items (the worker process's progress marks)."""
     deadline = time.monotonic() + timeout
@@ -600,10 +609,7 @@ def test_a_script_call_goes_to_the_brokers_own_connection_and_falls_back_to_redi
     through_script = []
     usual = Script.__call__
     monkeypatch.setattr(Script, "__call__", lambda self, *a, **kw: through_script.append(1) or usual(self, *a, **kw))
-    checkouts = []
-    checkout = broker.client.connection_pool.get_connection
-    monkeypatch.setattr(broker.client.connection_pool, "get_connection",
-                        lambda *a, **kw: checkouts.append(1) or checkout(*a, **kw))
+    checkouts = count_pool_checkouts(monkeypatch, broker)
     try:
         broker.enqueue(message_for(queue_name, args=(1,)))  # Redis has not seen the script: loaded, called again
         broker.enqueue(message_for(queue_name, args=(2,)))  # the usual case: the broker's own connection

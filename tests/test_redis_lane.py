@@ -6,7 +6,6 @@ lane makes callers wait, then fail with an error that says so; a forked child
 leaves the parent's connections alone.
 """
 
-import os
 import threading
 
 import pytest
@@ -15,7 +14,8 @@ from greenq.errors import ConnectionError
 from greenq.message import Message
 
 from redis_helpers import REDIS_URL, require_server
-from test_redis_broker import fetch_all, make, namespace  # noqa: F401 - fixtures
+from support import run_in_forked_child
+from test_redis_broker import count_pool_checkouts, fetch_all, make, namespace  # noqa: F401 - fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -103,21 +103,13 @@ def test_a_forked_child_opens_its_own_connections(make, queue_name):
     broker.enqueue(message_for(queue_name, 1))
     parents = list(broker._lane._idle)
     assert len(parents) == 1
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: send through the broker, report, and leave without cleaning up
-        code = 1
-        try:
-            broker.enqueue(message_for(queue_name, 2))
-            mine = broker._lane._idle
-            code = 0 if len(mine) == 1 and mine[0] is not parents[0] else 2
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(0)
-    os.close(write)
-    assert os.read(read, 1) == b"\x00"
-    os.waitpid(pid, 0)
-    os.close(read)
+
+    def child():  # sends through the broker and leaves without cleaning up
+        broker.enqueue(message_for(queue_name, 2))
+        mine = broker._lane._idle
+        return len(mine) == 1 and mine[0] is not parents[0]
+
+    assert run_in_forked_child(child) == 0
     broker.enqueue(message_for(queue_name, 3))  # the parent's connection still works
     assert broker._lane._idle == parents
     assert broker.queue_counts(queue_name)["ready"] == 3
@@ -131,15 +123,16 @@ def test_a_send_many_over_several_queues_is_one_write_on_the_lane(make, monkeypa
     queues = [f"lane-many-{i}" for i in range(3)]
     admin = redis.Redis.from_url(REDIS_URL)
     admin.script_flush()  # Redis does not know the script: every call is refused unrun, then sent again
-    checkouts = []
-    checkout = broker.client.connection_pool.get_connection
-    monkeypatch.setattr(broker.client.connection_pool, "get_connection",
-                        lambda *a, **kw: checkouts.append(1) or checkout(*a, **kw))
+    checkouts = count_pool_checkouts(monkeypatch, broker)
     writes = []
     connection_class = broker.client.connection_pool.connection_class
     send_packed = connection_class.send_packed_command
-    monkeypatch.setattr(connection_class, "send_packed_command",
-                        lambda self, command, *a, **kw: writes.append(len(command)) or send_packed(self, command, *a, **kw))
+
+    def counted_write(self, command, *args, **kwargs):
+        writes.append(len(command))
+        return send_packed(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(connection_class, "send_packed_command", counted_write)
     try:
         # 1200 messages for the first queue (three calls of at most 500) and one for each other queue
         messages = [message_for(queues[0], i) for i in range(1200)] + [message_for(q, 0) for q in queues[1:]]

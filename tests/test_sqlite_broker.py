@@ -26,6 +26,8 @@ from greenq.message import Message, current_millis
 from greenq.results import ResultFailure, ResultMissing, Results
 from greenq.results.sqlite import SqliteBackend
 
+from support import run_in_forked_child
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -426,27 +428,14 @@ def test_a_stalled_consumer_cannot_settle_a_message_redelivered_to_another(db_pa
 def test_a_forked_child_uses_its_own_connection(broker, queue_name):
     broker.enqueue_many([make_message(queue_name, i) for i in range(5)])
     broker.consume(queue_name).close()  # the parent has a connection and an owner before the fork
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through its exit code
-        code = 1
-        try:
-            consumer = broker.consume(queue_name)
-            got = fetch_all(consumer, 5)
-            consumer.ack(got)
-            code = 0 if len(got) == 5 else 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    while True:  # never hang the test run on a child stuck in an inherited lock
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("the forked child hung")
-        time.sleep(0.02)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child():
+        consumer = broker.consume(queue_name)
+        got = fetch_all(consumer, 5)
+        consumer.ack(got)
+        return len(got) == 5
+
+    assert run_in_forked_child(child) == 0
     assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
 
 
