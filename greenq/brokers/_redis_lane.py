@@ -119,22 +119,20 @@ class ScriptLane:
         for connection in idle:
             connection.disconnect()
 
+    def borrow(self):
+        """A connection of the lane for one exchange, as a context manager (``connect()`` it first).
+
+        The checkout happens here, so a full lane raises to the caller before its
+        ``with`` (and its handlers) begins; see ``_Borrowed`` for the way back.
+        """
+        return _Borrowed(self, self.checkout())
+
     def execute(self, *args):
         """One plain command on a lane connection (``PING``): the pool then stays unopened in a worker."""
-        import redis
-
-        connection = self.checkout()
-        try:
+        with self.borrow() as connection:
             connection.connect()
             connection.send_command(*args)
             return connection.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # read in full: the connection is fine
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            self.checkin(connection)
 
     # --- packing -------------------------------------------------------------------------
 
@@ -156,6 +154,37 @@ class ScriptLane:
                 value = encode(arg)  # str, float; refuses what redis-py refuses (bool, None)
             parts += (b"$%d\r\n" % len(value), value, b"\r\n")
         return b"".join(parts)
+
+
+class _Borrowed:
+    """A lane connection lent for one exchange, and the one place that keeps the lane's promise.
+
+    An exception that leaves the connection clean (an error reply, read in full;
+    an argument refused before anything was sent) passes through; any other (a
+    broken socket, a timeout, a greenlet killed mid-read) disconnects it first,
+    so a reply left unread is never read by the next caller. Either way the
+    connection goes back to the lane.
+    """
+
+    __slots__ = ("lane", "connection")
+
+    def __init__(self, lane, connection):
+        self.lane = lane
+        self.connection = connection
+
+    def __enter__(self):
+        return self.connection
+
+    def __exit__(self, kind, error, traceback):
+        import redis
+
+        try:
+            clean = (redis.exceptions.ResponseError, redis.exceptions.DataError)
+            if kind is not None and not issubclass(kind, clean):
+                self.connection.disconnect()
+        finally:
+            self.lane.checkin(self.connection)
+        return False
 
 
 def _bulk(value):

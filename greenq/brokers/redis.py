@@ -128,10 +128,10 @@ def _evalsha_on_the_lane(redis, lane, script, calls):
     caller then goes through redis-py, whose retries may run a call whose answer
     was lost a second time (at-least-once, never lost).
     """
-    connection = lane.checkout()
+    borrowed = lane.borrow()  # a full lane raises here: the caller's error, not a reason to fall back
     try:
-        requests = [lane.pack(connection, script.sha, keys, args) for keys, args in calls]
-        try:
+        with borrowed as connection:  # disconnected on the way out unless every reply was read
+            requests = [lane.pack(connection, script.sha, keys, args) for keys, args in calls]
             connection.connect()  # a no-op when connected
             replies = _replies(redis, connection, requests)
             unknown = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
@@ -140,14 +140,8 @@ def _evalsha_on_the_lane(redis, lane, script, calls):
                 connection.read_response()
                 for i, reply in zip(unknown, _replies(redis, connection, [requests[i] for i in unknown])):
                     replies[i] = reply
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            connection.disconnect()
-            return _THE_USUAL_WAY
-        except BaseException:  # interrupted mid-call (a killed greenlet): what is left unread must not be lent
-            connection.disconnect()
-            raise
-    finally:
-        lane.checkin(connection)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return _THE_USUAL_WAY
     for reply in replies:
         if isinstance(reply, redis.exceptions.ResponseError):
             raise reply  # the script's own error
