@@ -363,12 +363,16 @@ class Link:
             finally:
                 self._baton.release()
 
+    def _outstanding(self):
+        """Anything queued, awaiting its answer or detached, or the link closing (call under ``_lock``)."""
+        return bool(self._requests or self._pending or self._detached or self._closed)
+
     def _may_park(self):
         """Whether the owner can leave the socket alone: nothing queued, awaited or detached."""
         if not self._parks:
             return False
         with self._lock:
-            if self._requests or self._pending or self._detached or self._closed:
+            if self._outstanding():
                 return False
             self._unpark.clear()
             self._parked = True  # from here on, submitters set _unpark instead of sending a wake-up byte
@@ -398,8 +402,8 @@ class Link:
         try:
             with self._lock:
                 connection = self.connection
-                if (not self._parked or self._requests or self._pending or self._detached or self._closed
-                        or os.getpid() != self._pid or connection is None or not connection.is_open):
+                if (not self._parked or self._outstanding() or os.getpid() != self._pid
+                        or connection is None or not connection.is_open):
                     return False
                 request.state = "running"
             self._driver = concurrency.current()
