@@ -113,10 +113,12 @@ def _send_rounds(rows, rep, broker):
     return None
 
 
-def _median_ratio(rounds, key):
-    """The median over rounds of greenq's figure over Dramatiq's, and the ratios; None if a figure is missing."""
-    ratios = [r["greenq"][key] / r["dramatiq"][key] for r in rounds
-              if r["greenq"].get(key) and r["dramatiq"].get(key)]
+def _median_ratio(rounds, key, dramatiq_key=None):
+    """The median over rounds of greenq's ``key`` over Dramatiq's ``dramatiq_key`` (default: the same), and the
+    ratios; None if a round misses a figure."""
+    dramatiq_key = dramatiq_key or key
+    ratios = [r["greenq"][key] / r["dramatiq"][dramatiq_key] for r in rounds or ()
+              if r["greenq"].get(key) and r["dramatiq"].get(dramatiq_key)]
     return (statistics.median(ratios), ratios) if ratios and len(ratios) == len(rounds) else None
 
 
@@ -172,10 +174,9 @@ def targets(rows):
                         check(f"send() >= dramatiq's ({broker}{how})", ratio >= 1,
                               f"{ratio:.2f}x ({g[key]:.0f} vs {d[key]:.0f}/s)")
                 if broker == "redis" and g.get("enqueue_batch"):
-                    each = [r["greenq"]["batch"] / r["dramatiq"]["one_by_one"] for r in rounds or ()
-                            if r["greenq"].get("batch") and r["dramatiq"].get("one_by_one")]
-                    if rounds and len(each) == len(rounds):
-                        ratio = statistics.median(each)
+                    paired = _median_ratio(rounds, "batch", "one_by_one")
+                    if paired is not None:
+                        ratio, each = paired
                         check("batch >= 10x dramatiq send() (redis)", ratio >= 10,
                               f"{ratio:.1f}x, median of {len(each)} alternating rounds "
                               f"({', '.join(f'{r:.1f}x' for r in each)})")
