@@ -163,7 +163,7 @@ def targets(rows):
                 rounds = _send_rounds(rows, rep, broker)
                 for key, how in _send_comparisons(broker, g, d):
                     paired = _median_ratio(rounds, {"enqueue_one": "one_by_one", "enqueue_one_confirmed": "confirmed",
-                                                    "enqueue_one_unconfirmed": "unconfirmed"}[key]) if rounds else None
+                                                    "enqueue_one_unconfirmed": "unconfirmed"}[key])
                     if paired is not None:
                         ratio, each = paired
                         check(f"send() >= dramatiq's ({broker}{how})", ratio >= 1,
