@@ -117,6 +117,29 @@ def broker_connections(pids, port):
     return len({inode for inode in rows if inode in after})
 
 
+def listener_pids(port):
+    """The processes listening on TCP ``port`` here (the broker's server), or [] when none can be seen.
+
+    Its CPU runs on the same cores as the workers, so the benchmark reads it per
+    job too: a queue's whole cost is its workers' part plus its server's.
+    """
+    local_port = f":{port:04X}"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1].endswith(local_port) and parts[3] == "0A":  # LISTEN
+                        inodes.add(parts[9])
+        except OSError:
+            continue
+    if not inodes:
+        return []
+    return [int(name) for name in os.listdir("/proc") if name.isdigit() and _socket_inodes(name) & inodes]
+
+
 def stop_group(proc, timeout=20):
     """TERM the process group ``proc`` leads, then KILL it if it lingers."""
     import signal

@@ -310,7 +310,8 @@ class Case:
         pids = self.pids()
         count_conns = count_conns and self.port is not None
         conns = procs.broker_connections(pids, self.port) if count_conns else 0
-        cpu0 = procs.cpu_seconds(pids)
+        servers = procs.listener_pids(self.port) if self.port else []
+        cpu0, server0 = procs.cpu_seconds(pids), procs.cpu_seconds(servers)
         start = time.time()
         self._release()
         key = str(self.phase)
@@ -328,11 +329,12 @@ class Case:
                 raise BenchError(f"{self.label}: {job} finished {done}/{n} jobs before the deadline")
             self._check_alive()
             time.sleep(0.01)
-        cpu1 = procs.cpu_seconds(pids)
+        cpu1, server1 = procs.cpu_seconds(pids), procs.cpu_seconds(servers)
         if count_conns:
             conns = max(conns, procs.broker_connections(pids, self.port))
         end = max(s["phases"][key][2] for s in stats if key in s["phases"])
-        return {"rate": n / max(1e-6, end - start), "cpu_ms": (cpu1 - cpu0) * 1000 / n, "conns": conns}
+        return {"rate": n / max(1e-6, end - start), "cpu_ms": (cpu1 - cpu0) * 1000 / n, "conns": conns,
+                "server_cpu_ms": (server1 - server0) * 1000 / n if servers else None}
 
     def latency(self, samples, spacing):
         self.produce("latency", "--n", samples, "--spacing", spacing)
@@ -437,9 +439,13 @@ def measure_case(run, system, broker, args):
             result = case.throughput(job, n, keep_alive, count_conns=name == "scrape")
             row[f"{name}_rate"] = result["rate"]
             row[f"{name}_cpu_ms"] = result["cpu_ms"]
+            server_ms = result.get("server_cpu_ms")  # None: no server of its own (SQLite, the bare pool)
+            if server_ms is not None:
+                row[f"server_cpu_{name}_ms"] = server_ms
             if name == "scrape":
                 row["conns"] = result["conns"]
             text = (f"   {name:<10} {result['rate']:8.0f} jobs/s  {result['cpu_ms']:.3f} ms CPU/job"
+                    + (f" (+{server_ms:.3f} ms in the broker's server)" if server_ms is not None else "")
                     + (f"  {result['conns']} broker conns" if case.port and name == "scrape" else ""))
             if pair is not None:
                 around.append(pair.throughput(job, n, keep_alive))

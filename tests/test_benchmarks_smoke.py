@@ -88,6 +88,7 @@ def test_greenq_on_redis_counts_connections(tmp_path):
     (row,) = data["rows"]
     check_row(row, "greenq", with_bare=False)
     assert row["conns"] >= 1 and row["conns_small_t"] >= 1
+    assert row["server_cpu_noop_ms"] >= 0 and row["server_cpu_scrape_ms"] >= 0  # redis-server's CPU, read per phase
     # flat: 2 x 20 greenlets busy at once hold no more connections than 2 x 5 (a pool per greenlet would)
     assert row["conns"] <= row["conns_small_t"] + report.CONNS_MARGIN, row
 
@@ -268,6 +269,30 @@ def test_paired_figures_decide_the_targets_when_the_run_has_them():
     assert greenq["queue_cpu_noop_ms"] == pytest.approx(0.06 - 0.03)  # the paired bare pool's CPU, not the case's
     table = report.table(rows)
     assert "sends" not in table  # the rounds are in the targets, not rows of the table
+
+
+def test_the_broker_servers_cpu_sets_a_ceiling_on_the_bare_pool_ratio():
+    rows = [dict(row, rep=1) for row in SAMPLE_ROWS if row["broker"] in ("none", "redis")]
+    greenq = next(row for row in rows if row["system"] == "greenq")
+    greenq.update(pair_noop_rate=12000, pair_noop_cpu_ms=0.03, server_cpu_noop_ms=0.01)
+    results = {name: text for _, name, text, _ in report.targets(rows)}
+    # with both cores busy, a server that costs a third of the bare pool's CPU per job leaves it 75% of its rate
+    assert results["noop >= 75% of bare pool (redis)"] == (
+        "67% (8000 vs 12000/s, paired); the broker's server takes 0.010 ms/job, a ceiling of 75%")
+    assert "srv-cpu noop" in report.table(rows)
+
+
+def test_the_broker_server_is_found_by_its_listening_port():
+    import socket
+
+    from benchmarks import procs
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert procs.listener_pids(port) == [os.getpid()]
+    assert procs.listener_pids(port) == []  # closed: nobody listens there
 
 
 def test_a_greenq_case_measures_the_bare_pool_around_each_phase(tmp_path, monkeypatch):
