@@ -179,15 +179,25 @@ class _Capacity:
     """How many messages this worker may hold: pool size plus a small buffer.
 
     ``reserved`` slots are promised to a fetch in progress; ``held`` ones carry
-    a fetched message until it is settled. Only held ones make a worker busy.
+    a fetched message until it has run (or is handed back unstarted).
+    ``settling`` counts messages that have run and wait for the broker to hear
+    of it. A message that has run frees its slot at once, so the next fetch
+    overlaps the settling call instead of waiting for it; only a backlog of
+    more than ``size`` unsettled messages (a broker that stopped answering)
+    holds fetches back. Held and settling messages both keep a worker busy.
     """
 
     def __init__(self, size):
         self.size = size
         self.held = 0
         self.reserved = 0
+        self.settling = 0
+        self.wants = []  # how many free slots each blocked reserve() waits for
         self.cond = threading.Condition()
         self.closed = False
+
+    def _free(self):
+        return self.size - self.held - self.reserved - max(0, self.settling - self.size)
 
     def reserve(self, most, least=1):
         """Block until ``least`` slots are free (or ``most``, if fewer); promise up to ``most`` to a fetch; 0 once closed.
@@ -197,11 +207,16 @@ class _Capacity:
         """
         least = max(1, min(least, most))
         with self.cond:
-            while self.size - self.held - self.reserved < least and not self.closed:
-                self.cond.wait()
+            if self._free() < least and not self.closed:
+                self.wants.append(least)
+                try:
+                    while self._free() < least and not self.closed:
+                        self.cond.wait()
+                finally:
+                    self.wants.remove(least)
             if self.closed:
                 return 0
-            n = min(most, self.size - self.held - self.reserved)
+            n = min(most, self._free())
             self.reserved += n
             return n
 
@@ -213,16 +228,29 @@ class _Capacity:
             if fetched < reserved:
                 self.cond.notify_all()
 
-    def release(self, n):
-        if n:
-            with self.cond:
-                self.held -= n
+    def finish(self):
+        """A held message has run; its outcome is on its way to the broker."""
+        with self.cond:
+            self.held -= 1
+            self.settling += 1
+            if self.wants and self._free() >= min(self.wants):  # a fetch can go: not a wake-up per message
                 self.cond.notify_all()
+
+    def release(self, unstarted, finished):
+        """The broker has been told about ``unstarted`` held messages and ``finished`` settling ones."""
+        if unstarted or finished:
+            with self.cond:
+                self.held -= unstarted
+                self.settling -= finished
+                self.cond.notify_all()
+
+    def busy(self):
+        return self.held + self.settling
 
     def wait_idle(self, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
-            while self.held:
+            while self.held or self.settling:
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     return False
@@ -236,6 +264,11 @@ class _Capacity:
 
 
 _STOP = object()
+
+#: A settler that wakes to fewer outcomes than this while actors run waits for more ...
+SETTLE_BATCH = 16
+#: ... for at most this long (seconds): the most an ack is delayed to share a broker call.
+SETTLE_LINGER = 0.005
 
 
 class _QueueRunner:
@@ -286,7 +319,7 @@ class _QueueRunner:
             worker._capacity.fill(n, len(messages))
             busy = len(messages) >= n
             if not self.running and messages:
-                self.inbox.put(("requeue", messages))
+                self.inbox.put(("requeue", messages, False))
                 continue
             for message in messages:
                 worker._dispatch(message, self)
@@ -296,47 +329,65 @@ class _QueueRunner:
         self.worker.stopping.wait(seconds)
 
     def _settle_loop(self):
-        """Send finished messages to the broker, as many per call as have piled up."""
+        """Send finished messages to the broker, as many per call as have piled up.
+
+        When actors finish one by one (IO-bound jobs on a busy pool) the settler
+        would wake for each and make one broker call per message. So a small
+        batch waits up to ``SETTLE_LINGER`` seconds for more while other actors
+        are still running: a few ms later to the broker, in one call instead of
+        many. Their slots are already free (see ``_Capacity``), so the wait
+        never holds up fetching; an idle worker or one that is stopping
+        settles at once.
+        """
+        worker = self.worker
         while True:
-            item = self.inbox.get()
-            batch = [item]
-            while True:
-                try:
-                    batch.append(self.inbox.get_nowait())
-                except queue_module.Empty:
-                    break
-            done = any(entry is _STOP for entry in batch)
-            acks, nacks, requeues = [], [], []
+            batch = self._take([self.inbox.get()])
+            if len(batch) < SETTLE_BATCH and worker._running and _STOP not in batch and not worker.stopping.is_set():
+                worker.stopping.wait(SETTLE_LINGER)  # stop() cuts it short
+                batch = self._take(batch)
+            verbs = {"ack": ([], [0]), "nack": ([], [0]), "requeue": ([], [0])}
             for entry in batch:
                 if entry is _STOP:
                     continue
-                verb, messages = entry
-                {"ack": acks, "nack": nacks, "requeue": requeues}[verb].extend(messages)
-            self._settle(acks, nacks, requeues)
-            if done:
+                verb, messages, finished = entry
+                listed, ran = verbs[verb]
+                listed.extend(messages)
+                if finished:
+                    ran[0] += len(messages)
+            for verb, (messages, ran) in verbs.items():
+                if messages:
+                    self._settle(verb, messages, ran[0])
+            if _STOP in batch:
                 return
 
-    def _settle(self, acks, nacks, requeues):
-        broker = self.worker.broker
-        for verb, messages in (("ack", acks), ("nack", nacks), ("requeue", requeues)):
-            if not messages:
-                continue
+    def _take(self, batch):
+        """``batch`` plus whatever waits in the inbox, without blocking."""
+        while True:
             try:
-                if verb != "requeue":
-                    for message in messages:
-                        broker.emit_before(verb, message)
-                getattr(self.consumer, verb)(messages)
-                if verb != "requeue":
-                    for message in messages:
-                        broker.emit_after(verb, message)
-            except Exception:
-                logger.exception("Could not %s %d message(s) on queue %r; the broker will redeliver them.",
-                                 verb, len(messages), self.queue_name)
-            finally:
-                self.worker._capacity.release(len(messages))
+                batch.append(self.inbox.get_nowait())
+            except queue_module.Empty:
+                return batch
 
-    def post(self, verb, message):
-        self.inbox.put((verb, [message]))
+    def _settle(self, verb, messages, ran):
+        """Tell the broker; ``ran`` of ``messages`` have run (the rest are handed back unstarted)."""
+        broker = self.worker.broker
+        try:
+            if verb != "requeue":
+                for message in messages:
+                    broker.emit_before(verb, message)
+            getattr(self.consumer, verb)(messages)
+            if verb != "requeue":
+                for message in messages:
+                    broker.emit_after(verb, message)
+        except Exception:
+            logger.exception("Could not %s %d message(s) on queue %r; the broker will redeliver them.",
+                             verb, len(messages), self.queue_name)
+        finally:
+            self.worker._capacity.release(len(messages) - ran, ran)
+
+    def post(self, verb, message, finished=False):
+        """Queue ``message`` for the settler; ``finished`` once it has run (its slot is free already)."""
+        self.inbox.put((verb, [message], finished))
 
 
 class _FollowQueues(Middleware):
@@ -430,7 +481,7 @@ class Worker:
         from .errors import QueueJoinTimeout
 
         if not self._capacity.wait_idle(None if timeout is None else timeout / 1000):
-            raise QueueJoinTimeout(f"worker still held {self._capacity.held} message(s) after {timeout} ms")
+            raise QueueJoinTimeout(f"worker still held {self._capacity.busy()} message(s) after {timeout} ms")
 
     def stop(self, timeout=600000):
         """Stop gracefully: no new fetches, finish running work for up to ``timeout`` ms, requeue the rest."""
@@ -558,15 +609,16 @@ class Worker:
                 self._idle.set()
 
     def _settle(self, message, runner):
+        self._capacity.finish()
         if message.returned:
-            runner.post("requeue", message)
+            runner.post("requeue", message, finished=True)
         elif message.failed:
             message.options["failure"] = message.failure or "failed"
             message.options["failed_at"] = current_millis()
             _make_storable(message)
-            runner.post("nack", message)
+            runner.post("nack", message, finished=True)
         else:
-            runner.post("ack", message)
+            runner.post("ack", message, finished=True)
 
 
 #: Failed messages nested deeper than this are dead-lettered without their arguments (see below).

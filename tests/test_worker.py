@@ -419,3 +419,78 @@ def test_a_failed_message_nested_too_deep_is_dead_lettered_without_its_arguments
     dead = sorted(stub_broker.dead_letters, key=lambda m: len(m.args))
     assert dead[0].args == () and "nested" in dead[0].options["failure"]
     assert dead[1].args == ([[["shallow"]]],) and dead[1].options["failure"] == "ValueError: rejected"
+
+
+def test_messages_that_finish_while_others_run_are_acked_together(stub_broker, monkeypatch):
+    """The settler holds a small batch back while other actors run, so IO-bound jobs share ack calls."""
+    from greenq import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SETTLE_LINGER", 60.0)  # only stop() ends the wait here
+    gates = {name: threading.Event() for name in ("a", "b", "anchor")}
+    started = {name: threading.Event() for name in gates}
+    finished = {name: threading.Event() for name in gates}
+
+    @greenq.actor(broker=stub_broker)
+    def step(name):
+        started[name].set()
+        gates[name].wait(10)
+
+    class Finished(Middleware):
+        def after_process_message(self, broker, message, *, result=None, exception=None):
+            finished[message.args[0]].set()
+
+    stub_broker.add_middleware(Finished())
+    ids = {name: step.send(name).message_id for name in gates}
+    worker = greenq.Worker(stub_broker, worker_threads=3, worker_timeout=100)
+    worker.start()
+    acked = []
+    try:
+        assert all(event.wait(10) for event in started.values())
+        consumer = worker._runners["default"].consumer
+        ack = consumer.ack
+        monkeypatch.setattr(consumer, "ack", lambda messages: (acked.append({m.message_id for m in messages}),
+                                                               ack(messages)))
+        gates["a"].set()
+        assert finished["a"].wait(10)
+        gates["b"].set()
+        assert finished["b"].wait(10)
+        assert acked == []  # "anchor" still runs: a and b wait for company
+        gates["anchor"].set()
+        assert finished["anchor"].wait(10)
+    finally:
+        for gate in gates.values():
+            gate.set()
+        worker.stop()
+    assert {ids["a"], ids["b"]} <= acked[0]  # one call for both
+    assert set().union(*acked) == set(ids.values())
+    assert stub_broker.queue_counts("default")["in_flight"] == 0
+
+
+def test_a_finished_message_frees_its_slot_before_its_ack_is_sent():
+    from greenq.worker import _Capacity
+
+    capacity = _Capacity(2)
+    assert capacity.reserve(2) == 2
+    capacity.fill(2, 2)
+    capacity.finish()  # ran; its ack not sent yet
+    assert capacity.reserve(2) == 1  # the next fetch need not wait for the broker's answer
+    capacity.fill(1, 1)
+    assert not capacity.wait_idle(timeout=0)  # but the worker is not idle until the ack is sent
+    capacity.finish()
+    capacity.finish()
+    capacity.release(0, 3)
+    assert capacity.busy() == 0 and capacity.wait_idle(timeout=0)
+
+
+def test_acks_the_broker_does_not_take_hold_fetching_back_past_one_pool_of_them():
+    from greenq.worker import _Capacity
+
+    capacity = _Capacity(2)
+    for _ in range(2):  # two rounds of two messages run, none acked
+        assert capacity.reserve(2) == 2
+        capacity.fill(2, 2)
+        capacity.finish()
+        capacity.finish()
+    assert capacity.settling == 4 and capacity._free() == 0  # a further reserve() would wait
+    capacity.release(0, 2)
+    assert capacity.reserve(2) == 2
