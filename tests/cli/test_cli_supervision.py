@@ -147,7 +147,7 @@ def test_cpu_loop_past_time_limit_kills_the_worker_and_redelivers(run_greenq, re
 
 
 def test_two_processes_run_200_greenlets_each(run_greenq, redis_ns, redis_env):
-    """450 barrier actors: each process holds 225 (200 running + its prefetch buffer); the barrier
+    """500 barrier actors: each process holds 250 (200 running + its prefetch buffer of 50); the barrier
     opens only when 400 run at the same time, and each process's peak is exactly its pool size."""
     ns, client = redis_ns
     broker = app_broker(ns)
@@ -156,15 +156,15 @@ def test_two_processes_run_200_greenlets_each(run_greenq, redis_ns, redis_env):
     from greenq.message import Message
 
     broker.enqueue_many([Message(queue_name="default", actor_name="barrier", args=(i, 400), kwargs={}, options={})
-                         for i in range(450)])
-    wait_until(lambda: client.llen(f"{ns}:done") >= 450, timeout=90, what="all 450 done")
+                         for i in range(500)])
+    wait_until(lambda: client.llen(f"{ns}:done") >= 500, timeout=90, what="all 500 done")
     peaks = {int(pid): int(peak) for pid, peak in client.hgetall(f"{ns}:peak").items()}
     assert sorted(peaks.values()) == [200, 200], peaks
     assert set(peaks) == proc.worker_pids()
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
     # Every message ran exactly once (a duplicate would also have let the barrier open too early).
-    assert sorted(int(i) for i in _list(client, ns, "done")) == list(range(450))
+    assert sorted(int(i) for i in _list(client, ns, "done")) == list(range(500))
     assert broker.queue_counts("default") == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
     assert not proc.matching(r"\[ERROR\]")
     broker.close()
