@@ -228,13 +228,14 @@ class _Capacity:
             if fetched < reserved:
                 self.cond.notify_all()
 
-    def finish(self):
-        """A held message has run; its outcome is on its way to the broker."""
-        with self.cond:
-            self.held -= 1
-            self.settling += 1
-            if self.wants and self._free() >= min(self.wants):  # a fetch can go: not a wake-up per message
-                self.cond.notify_all()
+    def finish(self, n):
+        """``n`` held messages have run; their outcomes are on their way to the broker."""
+        if n:
+            with self.cond:
+                self.held -= n
+                self.settling += n
+                if self.wants and self._free() >= min(self.wants):  # a fetch can go: no wake-up otherwise
+                    self.cond.notify_all()
 
     def release(self, unstarted, finished):
         """The broker has been told about ``unstarted`` held messages and ``finished`` settling ones."""
@@ -335,16 +336,16 @@ class _QueueRunner:
         would wake for each and make one broker call per message. So a small
         batch waits up to ``SETTLE_LINGER`` seconds for more while other actors
         are still running: a few ms later to the broker, in one call instead of
-        many. Their slots are already free (see ``_Capacity``), so the wait
+        many. Their slots are freed before the wait (see ``_Capacity``), so it
         never holds up fetching; an idle worker or one that is stopping
         settles at once.
         """
         worker = self.worker
         while True:
-            batch = self._take([self.inbox.get()])
+            batch = self._collect(self.inbox.get())
             if len(batch) < SETTLE_BATCH and worker._running and _STOP not in batch and not worker.stopping.is_set():
                 worker.stopping.wait(SETTLE_LINGER)  # stop() cuts it short
-                batch = self._take(batch)
+                batch += self._collect()
             verbs = {"ack": ([], [0]), "nack": ([], [0]), "requeue": ([], [0])}
             for entry in batch:
                 if entry is _STOP:
@@ -360,13 +361,20 @@ class _QueueRunner:
             if _STOP in batch:
                 return
 
-    def _take(self, batch):
-        """``batch`` plus whatever waits in the inbox, without blocking."""
+    def _collect(self, first=None):
+        """``first`` and whatever else waits in the inbox, without blocking; frees the slots of those that ran.
+
+        Freed here, a batch at a time, rather than by each pool greenlet as its
+        actor returns: one lock per batch instead of one per message.
+        """
+        entries = [] if first is None else [first]
         while True:
             try:
-                batch.append(self.inbox.get_nowait())
+                entries.append(self.inbox.get_nowait())
             except queue_module.Empty:
-                return batch
+                break
+        self.worker._capacity.finish(sum(1 for entry in entries if entry is not _STOP and entry[2]))
+        return entries
 
     def _settle(self, verb, messages, ran):
         """Tell the broker; ``ran`` of ``messages`` have run (the rest are handed back unstarted)."""
@@ -386,7 +394,7 @@ class _QueueRunner:
             self.worker._capacity.release(len(messages) - ran, ran)
 
     def post(self, verb, message, finished=False):
-        """Queue ``message`` for the settler; ``finished`` once it has run (its slot is free already)."""
+        """Queue ``message`` for the settler; ``finished`` once it has run (the settler frees its slot)."""
         self.inbox.put((verb, [message], finished))
 
 
@@ -613,7 +621,6 @@ class Worker:
                 self._idle.set()
 
     def _settle(self, message, runner):
-        self._capacity.finish()
         if message.returned:
             runner.post("requeue", message, finished=True)
         elif message.failed:

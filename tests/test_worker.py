@@ -472,12 +472,11 @@ def test_a_finished_message_frees_its_slot_before_its_ack_is_sent():
     capacity = _Capacity(2)
     assert capacity.reserve(2) == 2
     capacity.fill(2, 2)
-    capacity.finish()  # ran; its ack not sent yet
+    capacity.finish(1)  # ran; its ack not sent yet
     assert capacity.reserve(2) == 1  # the next fetch need not wait for the broker's answer
     capacity.fill(1, 1)
     assert not capacity.wait_idle(timeout=0)  # but the worker is not idle until the ack is sent
-    capacity.finish()
-    capacity.finish()
+    capacity.finish(2)
     capacity.release(0, 3)
     assert capacity.busy() == 0 and capacity.wait_idle(timeout=0)
 
@@ -489,8 +488,7 @@ def test_acks_the_broker_does_not_take_hold_fetching_back_past_one_pool_of_them(
     for _ in range(2):  # two rounds of two messages run, none acked
         assert capacity.reserve(2) == 2
         capacity.fill(2, 2)
-        capacity.finish()
-        capacity.finish()
+        capacity.finish(2)
     assert capacity.settling == 4 and capacity._free() == 0  # a further reserve() would wait
     capacity.release(0, 2)
     assert capacity.reserve(2) == 2
