@@ -271,6 +271,21 @@ def test_paired_figures_decide_the_targets_when_the_run_has_them():
     assert "sends" not in table  # the rounds are in the targets, not rows of the table
 
 
+def test_in_process_overhead_compares_each_broker_with_the_bare_pool():
+    require_server("Redis", "127.0.0.1", 6379)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.overhead", "--n", "300", "--rounds", "1",
+                           "--brokers", "sqlite,redis"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("bare ", "greenq "))]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        ("bare", "-", "noop"), ("greenq", "sqlite", "noop"), ("greenq", "redis", "noop"),
+        ("bare", "-", "io"), ("greenq", "sqlite", "io"), ("greenq", "redis", "io")]
+    for row in rows:
+        assert float(row[3]) > 0
+        if row[0] == "greenq":  # every job was fetched and settled: some calls, never more than one per job
+            assert 0 < float(row[5]) <= 1 and 0 < float(row[6]) <= 1
+
+
 def test_the_broker_servers_cpu_sets_a_ceiling_on_the_bare_pool_ratio():
     rows = [dict(row, rep=1) for row in SAMPLE_ROWS if row["broker"] in ("none", "redis")]
     greenq = next(row for row in rows if row["system"] == "greenq")

@@ -1,0 +1,73 @@
+"""Queue CPU per job in one worker process, with little noise.
+
+    python -m benchmarks.overhead [--n 20000] [--rounds 3] [--brokers sqlite,redis,rabbitmq] [--jobs noop,io]
+
+The main command's queue CPU per job is the difference of two figures taken
+seconds apart while both cores are shared with the page server and the broker,
+so it moves by tens of percent between runs. This one runs a single gevent
+process with 250 greenlets, the N jobs already queued, and reads that
+process's own CPU time from the start of the pool to the last ack (the
+broker's server is not counted). A bare ``gevent.pool.Pool`` runs the same
+jobs in the same way, and the difference per job is the queue's cost.
+
+Jobs: ``noop``, and ``io``, a cooperative wait of 30-70 ms: IO-bound jobs end
+one by one, not in a burst, so fetches and acks carry fewer messages each.
+Each round runs every case once, alternating, in a fresh process; medians are
+printed, with greenq's settle and fetch calls per job. A minute or two.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from . import peers
+from .run import ROOT, _env
+
+
+def measure(python, system, broker, job, n):
+    done = subprocess.run([python, "-m", "benchmarks.workloads.overhead_child", system, broker, job, str(n)],
+                          cwd=ROOT, env=_env({}), capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"{system}/{broker} {job} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000, help="jobs per measurement [20000]")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per case, alternating [3]")
+    parser.add_argument("--brokers", default="sqlite,redis,rabbitmq")
+    parser.add_argument("--jobs", default="noop,io")
+    args = parser.parse_args(argv)
+    python = peers.GREENQ.python() if peers.GREENQ.available() else sys.executable
+    jobs = [j for j in args.jobs.split(",") if j]
+    cases = [("bare", "-")] + [("greenq", b) for b in args.brokers.split(",") if b]
+    results = {}
+    for round_ in range(1, args.rounds + 1):
+        for job in jobs:
+            for system, broker in cases:
+                result = measure(python, system, broker, job, args.n)
+                results.setdefault((system, broker, job), []).append(result)
+                print(f"round {round_}: {system}/{broker} {job}: {result['cpu_us']:.1f} us CPU/job", file=sys.stderr,
+                      flush=True)
+    print(f"\nCPU per job in one gevent process with 250 greenlets, median of {args.rounds} ({args.n} jobs each):")
+    print(f"{'system':<8} {'broker':<9} {'job':<5} {'us/job':>7} {'queue us/job':>13} {'settles/job':>12}"
+          f" {'fetches/job':>12}")
+    for job in jobs:
+        base = statistics.median(r["cpu_us"] for r in results[("bare", "-", job)])
+        for system, broker in cases:
+            runs = results[(system, broker, job)]
+            cpu = statistics.median(r["cpu_us"] for r in runs)
+            row = f"{system:<8} {broker:<9} {job:<5} {cpu:7.1f}"
+            if system != "bare":
+                row += (f" {cpu - base:13.1f} {statistics.median(r['settle_calls'] for r in runs):12.3f}"
+                        f" {statistics.median(r['fetch_calls'] for r in runs):12.3f}")
+            print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""One measurement for ``benchmarks.overhead``: N queued jobs through one gevent process, CPU read around them.
+
+    python -m benchmarks.workloads.overhead_child SYSTEM BROKER JOB N
+
+SYSTEM is ``bare`` (a ``gevent.pool.Pool`` spawning the jobs) or ``greenq`` (a
+``greenq.Worker`` in this process). Prints one JSON line: CPU microseconds per
+job and, for greenq, how many settle and fetch calls the worker made per job.
+"""
+
+from gevent import monkey  # noqa: I001
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+import gevent.pool  # noqa: E402
+
+THREADS = 250
+QUEUE = f"overhead-{uuid.uuid4().hex[:8]}"
+
+
+def job_body(kind, rng):
+    """noop: nothing; io: a cooperative wait of 30-70 ms, so jobs end one by one as IO-bound jobs do."""
+    if kind == "io":
+        delay = rng.uniform(0.03, 0.07)
+        return lambda: gevent.sleep(delay)
+    return lambda: None
+
+
+def bare(kind, n):
+    rng = random.Random(7)
+    bodies = [job_body(kind, rng) for _ in range(n)]
+    pool = gevent.pool.Pool(THREADS)
+    start = time.process_time()
+    for body in bodies:
+        pool.spawn(body)
+    pool.join()
+    return {"cpu_us": (time.process_time() - start) * 1e6 / n}
+
+
+def make_broker(name):
+    if name == "sqlite":
+        import tempfile
+
+        from greenq.brokers.sqlite import SqliteBroker
+
+        return SqliteBroker(os.path.join(tempfile.mkdtemp(prefix="greenq-overhead-"), "broker.sqlite3")), None
+    if name == "redis":
+        from greenq.brokers.redis import RedisBroker
+
+        broker = RedisBroker(url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), namespace=QUEUE)
+
+        def drop_namespace():
+            client = broker.client
+            keys = [*client.scan_iter(match="{%s:*" % QUEUE, count=1000), *client.scan_iter(match=f"{QUEUE}*")]
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i:i + 500])
+
+        return broker, drop_namespace
+    if name == "rabbitmq":
+        from greenq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
+        return broker, broker.delete_queues
+    raise SystemExit(f"unknown broker {name!r}")
+
+
+def greenq_run(broker_name, kind, n):
+    import greenq
+    from greenq import worker as worker_module
+
+    broker, cleanup = make_broker(broker_name)
+    rng = random.Random(7)
+    delays = [rng.uniform(0.03, 0.07) if kind == "io" else 0.0 for _ in range(n)]
+    done = gevent.event.Event()
+    count = [0]
+
+    @greenq.actor(broker=broker, queue_name=QUEUE, actor_name="overhead_job", max_retries=0)
+    def overhead_job(i):
+        if delays[i]:
+            gevent.sleep(delays[i])
+        count[0] += 1
+        if count[0] == n:
+            done.set()
+
+    try:
+        for start in range(0, n, 1000):
+            overhead_job.send_many([(i,) for i in range(start, min(n, start + 1000))])
+        calls = {"settle": 0, "fetch": 0}
+        settle, reserve = worker_module._QueueRunner._settle, worker_module._Capacity.reserve
+
+        def counted_settle(self, *args):
+            calls["settle"] += 1
+            return settle(self, *args)
+
+        def counted_reserve(self, *args):
+            calls["fetch"] += 1
+            return reserve(self, *args)
+
+        worker_module._QueueRunner._settle = counted_settle
+        worker_module._Capacity.reserve = counted_reserve
+        worker = greenq.Worker(broker, worker_threads=THREADS, queues=[QUEUE])
+        start = time.process_time()
+        worker.start()
+        if not done.wait(300):
+            raise SystemExit(f"only {count[0]} of {n} jobs ran within 300 s")
+        worker.join()
+        cpu = time.process_time() - start
+        worker.stop()
+        return {"cpu_us": cpu * 1e6 / n, "settle_calls": calls["settle"] / n, "fetch_calls": calls["fetch"] / n}
+    finally:
+        if cleanup is not None:
+            cleanup()
+        broker.close()
+
+
+def main():
+    system, broker, kind, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    result = bare(kind, n) if system == "bare" else greenq_run(broker, kind, n)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
