@@ -274,7 +274,8 @@ def test_paired_figures_decide_the_targets_when_the_run_has_them():
 def test_in_process_overhead_compares_each_broker_with_the_bare_pool():
     require_server("Redis", "127.0.0.1", 6379)
     done = subprocess.run([sys.executable, "-m", "benchmarks.overhead", "--n", "300", "--rounds", "1",
-                           "--brokers", "sqlite,redis"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+                           "--brokers", "sqlite,redis", "--no-dramatiq"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("bare ", "greenq "))]
     assert [(row[0], row[1], row[2]) for row in rows] == [
@@ -283,7 +284,30 @@ def test_in_process_overhead_compares_each_broker_with_the_bare_pool():
     for row in rows:
         assert float(row[3]) > 0
         if row[0] == "greenq":  # every job was fetched and settled: some calls, never more than one per job
-            assert 0 < float(row[5]) <= 1 and 0 < float(row[6]) <= 1
+            assert 0 < float(row[6]) <= 1 and 0 < float(row[7]) <= 1
+    assert not redis_keys_left("overhead-")  # the runs dropped their namespaces
+
+
+@pytest.mark.skipif(os.environ.get("GREENQ_BENCH_PEERS") != "1", reason="set GREENQ_BENCH_PEERS=1 to run the peers")
+def test_in_process_overhead_beside_dramatiq():
+    if not peers.PEERS.available():
+        pytest.skip(f"{peers.PEERS.path} is missing: python -m benchmarks.peers creates it")
+    require_server("Redis", "127.0.0.1", 6379)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.overhead", "--n", "300", "--rounds", "1",
+                           "--brokers", "redis", "--jobs", "noop"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {(row[0], row[1]): row for row in (line.split() for line in done.stdout.splitlines())
+            if row and row[0] in ("bare", "greenq", "dramatiq")}
+    assert set(rows) == {("bare", "-"), ("greenq", "redis"), ("dramatiq", "redis")}
+    assert rows["greenq", "redis"][5].endswith("x")  # greenq's queue CPU as a share of Dramatiq's
+    assert not redis_keys_left("overhead-")
+
+
+def redis_keys_left(prefix):
+    import redis
+
+    return [key for db in (0, 15) for key in redis.Redis(db=db).scan_iter(match=f"*{prefix}*")]
 
 
 def test_the_broker_servers_cpu_sets_a_ceiling_on_the_bare_pool_ratio():

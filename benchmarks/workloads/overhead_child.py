@@ -2,9 +2,11 @@
 
     python -m benchmarks.workloads.overhead_child SYSTEM BROKER JOB N
 
-SYSTEM is ``bare`` (a ``gevent.pool.Pool`` spawning the jobs) or ``greenq`` (a
-``greenq.Worker`` in this process). Prints one JSON line: CPU microseconds per
-job and, for greenq, how many settle and fetch calls the worker made per job.
+SYSTEM is ``bare`` (a ``gevent.pool.Pool`` spawning the jobs), ``greenq`` (a
+``greenq.Worker`` in this process) or ``dramatiq`` (a ``dramatiq.Worker`` in
+this process, as ``dramatiq-gevent`` runs it; the peers' virtualenv only).
+Prints one JSON line: CPU microseconds per job and, for greenq, how many
+settle and fetch calls the worker made per job.
 """
 
 from gevent import monkey  # noqa: I001
@@ -121,9 +123,70 @@ def greenq_run(broker_name, kind, n):
         broker.close()
 
 
+def dramatiq_run(broker_name, kind, n):
+    import dramatiq
+
+    if broker_name == "redis":
+        from dramatiq.brokers.redis import RedisBroker
+
+        import redis
+
+        # A pool bigger than the worker: with redis-py's default cap, 250 greenlets fail with "Too many
+        # connections" and wait 5 s to retry. This measures Dramatiq at its best, not at its defaults.
+        url = os.environ.get("BENCH_PEER_REDIS_URL", "redis://127.0.0.1:6379/15")
+        pool = redis.ConnectionPool.from_url(url, max_connections=4 * THREADS)
+        broker = RedisBroker(client=redis.Redis(connection_pool=pool), namespace=QUEUE)
+
+        def cleanup():
+            keys = list(broker.client.scan_iter(match=f"{QUEUE}*", count=1000))
+            for i in range(0, len(keys), 500):
+                broker.client.delete(*keys[i:i + 500])
+    elif broker_name == "rabbitmq":
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
+
+        def cleanup():
+            for name in (QUEUE, f"{QUEUE}.DQ", f"{QUEUE}.XQ"):
+                broker.channel.queue_delete(name)
+    else:
+        raise SystemExit(f"Dramatiq has no {broker_name!r} broker here")
+    dramatiq.set_broker(broker)
+    rng = random.Random(7)
+    delays = [rng.uniform(0.03, 0.07) if kind == "io" else 0.0 for _ in range(n)]
+    done = gevent.event.Event()
+    count = [0]
+
+    @dramatiq.actor(queue_name=QUEUE, actor_name="overhead_job", max_retries=0)
+    def overhead_job(i):
+        if delays[i]:
+            gevent.sleep(delays[i])
+        count[0] += 1
+        if count[0] == n:
+            done.set()
+
+    try:
+        for i in range(n):
+            overhead_job.send(i)
+        worker = dramatiq.Worker(broker, worker_threads=THREADS, queues={QUEUE})
+        start = time.process_time()
+        worker.start()
+        if not done.wait(300):
+            raise SystemExit(f"only {count[0]} of {n} jobs ran within 300 s")
+        worker.join()
+        cpu = time.process_time() - start
+        worker.stop()
+        return {"cpu_us": cpu * 1e6 / n}
+    finally:
+        cleanup()
+        broker.close()
+
+
 def main():
     system, broker, kind, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    result = bare(kind, n) if system == "bare" else greenq_run(broker, kind, n)
+    run = {"bare": lambda: bare(kind, n), "greenq": lambda: greenq_run(broker, kind, n),
+           "dramatiq": lambda: dramatiq_run(broker, kind, n)}[system]
+    result = run()
     print(json.dumps(result), flush=True)
 
 
