@@ -181,14 +181,16 @@ class _Capacity:
     ``reserved`` slots are promised to a fetch in progress; ``held`` ones carry
     a fetched message until it has run (or is handed back unstarted).
     ``settling`` counts messages that have run and wait for the broker to hear
-    of it. A message that has run frees its slot at once, so the next fetch
-    overlaps the settling call instead of waiting for it; only a backlog of
-    more than ``size`` unsettled messages (a broker that stopped answering)
-    holds fetches back. Held and settling messages both keep a worker busy.
+    of it. Up to ``slack`` of those free their slots at once, so the next
+    fetch overlaps the settling call instead of waiting for it; beyond that
+    (a broker slow to take acks) they hold their slots, so a worker never
+    holds more than ``size + slack`` messages. Held and settling messages
+    both keep a worker busy.
     """
 
-    def __init__(self, size):
+    def __init__(self, size, slack):
         self.size = size
+        self.slack = slack
         self.held = 0
         self.reserved = 0
         self.settling = 0
@@ -197,7 +199,7 @@ class _Capacity:
         self.closed = False
 
     def _free(self):
-        return self.size - self.held - self.reserved - max(0, self.settling - self.size)
+        return self.size - self.held - self.reserved - max(0, self.settling - self.slack)
 
     def reserve(self, most, least=1):
         """Block until ``least`` slots are free (or ``most``, if fewer); promise up to ``most`` to a fetch; 0 once closed.
@@ -429,7 +431,7 @@ class Worker:
         self.worker_timeout = worker_timeout
         buffer = prefetch_buffer if prefetch_buffer is not None else max(1, worker_threads // 4)
         self._fetch_batch = max(1, buffer // 2)  # fetch once half the buffer is free, not per finished job
-        self._capacity = _Capacity(worker_threads + buffer)
+        self._capacity = _Capacity(worker_threads + buffer, slack=buffer)
         self._share = self._capacity.size
         self._work = queue_module.PriorityQueue()
         self._seq = itertools.count()

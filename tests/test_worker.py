@@ -469,7 +469,7 @@ def test_messages_that_finish_while_others_run_are_acked_together(stub_broker, m
 def test_a_finished_message_frees_its_slot_before_its_ack_is_sent():
     from greenq.worker import _Capacity
 
-    capacity = _Capacity(2)
+    capacity = _Capacity(2, slack=1)
     assert capacity.reserve(2) == 2
     capacity.fill(2, 2)
     capacity.finish(1)  # ran; its ack not sent yet
@@ -481,14 +481,16 @@ def test_a_finished_message_frees_its_slot_before_its_ack_is_sent():
     assert capacity.busy() == 0 and capacity.wait_idle(timeout=0)
 
 
-def test_acks_the_broker_does_not_take_hold_fetching_back_past_one_pool_of_them():
+def test_acks_the_broker_does_not_take_hold_fetching_back_past_the_slack():
     from greenq.worker import _Capacity
 
-    capacity = _Capacity(2)
-    for _ in range(2):  # two rounds of two messages run, none acked
-        assert capacity.reserve(2) == 2
-        capacity.fill(2, 2)
-        capacity.finish(2)
-    assert capacity.settling == 4 and capacity._free() == 0  # a further reserve() would wait
-    capacity.release(0, 2)
-    assert capacity.reserve(2) == 2
+    capacity = _Capacity(4, slack=2)
+    assert capacity.reserve(4) == 4
+    capacity.fill(4, 4)
+    capacity.finish(4)  # four ran, none acked yet: two slots come free at once, two wait for the broker
+    assert capacity.settling == 4 and capacity._free() == 2
+    assert capacity.reserve(4) == 2
+    capacity.fill(2, 2)
+    assert capacity._free() == 0  # held + unacked beyond the slack = the whole capacity: a reserve() would wait
+    capacity.release(0, 4)
+    assert capacity._free() == 2
