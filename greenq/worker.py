@@ -18,7 +18,8 @@ Written for gevent first:
   consumers wait on capacity, settlers wait on their inbox. The only timeout is
   the broker fetch's (``worker_timeout``), so a consumer notices ``stop``.
 * Batched settlement. Acks from hundreds of greenlets that finish together go to
-  the broker in one call per queue.
+  the broker in one call per queue; acks of greenlets that finish one by one
+  wait a few ms for company (see ``_QueueRunner._settle_loop``).
 """
 
 import itertools
