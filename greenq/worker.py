@@ -349,18 +349,18 @@ class _QueueRunner:
             if len(batch) < SETTLE_BATCH and worker._running and _STOP not in batch and not worker.stopping.is_set():
                 worker.stopping.wait(SETTLE_LINGER)  # stop() cuts it short
                 batch += self._collect()
-            verbs = {"ack": ([], [0]), "nack": ([], [0]), "requeue": ([], [0])}
+            by_verb = {"ack": [], "nack": [], "requeue": []}
+            ran = dict.fromkeys(by_verb, 0)
             for entry in batch:
                 if entry is _STOP:
                     continue
                 verb, messages, finished = entry
-                listed, ran = verbs[verb]
-                listed.extend(messages)
+                by_verb[verb].extend(messages)
                 if finished:
-                    ran[0] += len(messages)
-            for verb, (messages, ran) in verbs.items():
+                    ran[verb] += len(messages)
+            for verb, messages in by_verb.items():
                 if messages:
-                    self._settle(verb, messages, ran[0])
+                    self._settle(verb, messages, ran[verb])
             if _STOP in batch:
                 return
 
