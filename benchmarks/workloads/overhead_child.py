@@ -28,21 +28,45 @@ THREADS = 250
 QUEUE = f"overhead-{uuid.uuid4().hex[:8]}"
 
 
-def job_body(kind, rng):
-    """noop: nothing; io: a cooperative wait of 30-70 ms, so jobs end one by one as IO-bound jobs do."""
-    if kind == "io":
-        delay = rng.uniform(0.03, 0.07)
-        return lambda: gevent.sleep(delay)
-    return lambda: None
+class Jobs:
+    """N jobs, the same for every system: noop does nothing; io waits 30-70 ms (cooperatively), seeded.
+
+    The waits make IO-bound jobs end one by one, not in a burst. ``done`` is set
+    when the last one has run.
+    """
+
+    def __init__(self, kind, n):
+        rng = random.Random(7)
+        self.waits = [rng.uniform(0.03, 0.07) if kind == "io" else 0.0 for _ in range(n)]
+        self.n = n
+        self.count = 0
+        self.done = gevent.event.Event()
+
+    def run(self, i):
+        if self.waits[i]:
+            gevent.sleep(self.waits[i])
+        self.count += 1
+        if self.count == self.n:
+            self.done.set()
+
+    def timed(self, worker):
+        """Start ``worker`` (greenq's or Dramatiq's); CPU microseconds per job until the last has run and been acked."""
+        start = time.process_time()
+        worker.start()
+        if not self.done.wait(300):
+            raise SystemExit(f"only {self.count} of {self.n} jobs ran within 300 s")
+        worker.join()
+        cpu = time.process_time() - start
+        worker.stop()
+        return cpu * 1e6 / self.n
 
 
 def bare(kind, n):
-    rng = random.Random(7)
-    bodies = [job_body(kind, rng) for _ in range(n)]
+    jobs = Jobs(kind, n)
     pool = gevent.pool.Pool(THREADS)
     start = time.process_time()
-    for body in bodies:
-        pool.spawn(body)
+    for i in range(n):
+        pool.spawn(jobs.run, i)
     pool.join()
     return {"cpu_us": (time.process_time() - start) * 1e6 / n}
 
@@ -79,19 +103,8 @@ def greenq_run(broker_name, kind, n):
     from greenq import worker as worker_module
 
     broker, cleanup = make_broker(broker_name)
-    rng = random.Random(7)
-    delays = [rng.uniform(0.03, 0.07) if kind == "io" else 0.0 for _ in range(n)]
-    done = gevent.event.Event()
-    count = [0]
-
-    @greenq.actor(broker=broker, queue_name=QUEUE, actor_name="overhead_job", max_retries=0)
-    def overhead_job(i):
-        if delays[i]:
-            gevent.sleep(delays[i])
-        count[0] += 1
-        if count[0] == n:
-            done.set()
-
+    jobs = Jobs(kind, n)
+    overhead_job = greenq.actor(jobs.run, broker=broker, queue_name=QUEUE, actor_name="overhead_job", max_retries=0)
     try:
         for start in range(0, n, 1000):
             overhead_job.send_many([(i,) for i in range(start, min(n, start + 1000))])
@@ -108,15 +121,8 @@ def greenq_run(broker_name, kind, n):
 
         worker_module._QueueRunner._settle = counted_settle
         worker_module._Capacity.reserve = counted_reserve
-        worker = greenq.Worker(broker, worker_threads=THREADS, queues=[QUEUE])
-        start = time.process_time()
-        worker.start()
-        if not done.wait(300):
-            raise SystemExit(f"only {count[0]} of {n} jobs ran within 300 s")
-        worker.join()
-        cpu = time.process_time() - start
-        worker.stop()
-        return {"cpu_us": cpu * 1e6 / n, "settle_calls": calls["settle"] / n, "fetch_calls": calls["fetch"] / n}
+        cpu_us = jobs.timed(greenq.Worker(broker, worker_threads=THREADS, queues=[QUEUE]))
+        return {"cpu_us": cpu_us, "settle_calls": calls["settle"] / n, "fetch_calls": calls["fetch"] / n}
     finally:
         if cleanup is not None:
             cleanup()
@@ -151,32 +157,13 @@ def dramatiq_run(broker_name, kind, n):
                 broker.channel.queue_delete(name)
     else:
         raise SystemExit(f"Dramatiq has no {broker_name!r} broker here")
-    dramatiq.set_broker(broker)
-    rng = random.Random(7)
-    delays = [rng.uniform(0.03, 0.07) if kind == "io" else 0.0 for _ in range(n)]
-    done = gevent.event.Event()
-    count = [0]
-
-    @dramatiq.actor(queue_name=QUEUE, actor_name="overhead_job", max_retries=0)
-    def overhead_job(i):
-        if delays[i]:
-            gevent.sleep(delays[i])
-        count[0] += 1
-        if count[0] == n:
-            done.set()
-
+    jobs = Jobs(kind, n)
+    overhead_job = dramatiq.actor(jobs.run, broker=broker, queue_name=QUEUE, actor_name="overhead_job",
+                                  max_retries=0)
     try:
         for i in range(n):
             overhead_job.send(i)
-        worker = dramatiq.Worker(broker, worker_threads=THREADS, queues={QUEUE})
-        start = time.process_time()
-        worker.start()
-        if not done.wait(300):
-            raise SystemExit(f"only {count[0]} of {n} jobs ran within 300 s")
-        worker.join()
-        cpu = time.process_time() - start
-        worker.stop()
-        return {"cpu_us": cpu * 1e6 / n}
+        return {"cpu_us": jobs.timed(dramatiq.Worker(broker, worker_threads=THREADS, queues={QUEUE}))}
     finally:
         cleanup()
         broker.close()
