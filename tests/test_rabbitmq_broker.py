@@ -619,6 +619,25 @@ def test_consumer_acks_are_not_held_up_by_an_idle_fetch(brokers, queue_name):
     assert broker.queue_counts(queue_name)["in_flight"] == 0
 
 
+def test_a_waiting_fetch_is_woken_by_the_next_delivery(brokers, queue_name):
+    """Deliveries go into the buffer without the lock; a fetch that waits must still hear of one at once."""
+    broker = brokers()
+    consumer = broker.consume(queue_name)
+    for i in range(5):
+        got = []
+        fetching = threading.Thread(target=lambda: got.extend(consumer.fetch(1, 60.0)))
+        fetching.start()
+        deadline = time.monotonic() + 10  # until the fetch waits on an empty buffer (no event to wait for)
+        while not consumer._waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert consumer._waiting
+        broker.enqueue(Message(queue_name=queue_name, actor_name="a", args=(i,), kwargs={}, options={}))
+        fetching.join(30)  # half the fetch's own timeout: a lost wake-up would leave it waiting
+        assert not fetching.is_alive() and [m.args for m in got] == [(i,)]
+        consumer.ack(got)
+    consumer.close()
+
+
 def test_a_consumer_asking_for_more_never_lets_rabbitmq_push_past_what_it_asked_for(brokers, queue_name):
     """A fetch beyond the prefetch raises RabbitMQ's limit to held + count, buffered deliveries included.
 
