@@ -52,6 +52,7 @@ import traceback
 import uuid
 
 from . import peers, procs, report
+from .redis_keys import drop_keys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -357,11 +358,7 @@ class Case:
         if self.broker == "redis" and self.system == "greenq":
             import redis
 
-            client = redis.Redis.from_url(self.url)
-            keys = list(client.scan_iter(match="{%s:*" % self.namespace, count=1000))
-            keys += list(client.scan_iter(match="%s*" % self.namespace, count=1000))
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i:i + 500])
+            drop_keys(redis.Redis.from_url(self.url), "{%s:*" % self.namespace, "%s*" % self.namespace)
 
 
 # --- the whole run ------------------------------------------------------------------------

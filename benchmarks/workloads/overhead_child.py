@@ -24,6 +24,8 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.pool  # noqa: E402
 
+from ..redis_keys import drop_keys  # noqa: E402
+
 THREADS = 250
 QUEUE = f"overhead-{uuid.uuid4().hex[:8]}"
 
@@ -82,14 +84,7 @@ def make_broker(name):
         from greenq.brokers.redis import RedisBroker
 
         broker = RedisBroker(url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), namespace=QUEUE)
-
-        def drop_namespace():
-            client = broker.client
-            keys = [*client.scan_iter(match="{%s:*" % QUEUE, count=1000), *client.scan_iter(match=f"{QUEUE}*")]
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i:i + 500])
-
-        return broker, drop_namespace
+        return broker, lambda: drop_keys(broker.client, "{%s:*" % QUEUE, f"{QUEUE}*")
     if name == "rabbitmq":
         from greenq.brokers.rabbitmq import RabbitmqBroker
 
@@ -144,9 +139,7 @@ def dramatiq_run(broker_name, kind, n):
         broker = RedisBroker(client=redis.Redis(connection_pool=pool), namespace=QUEUE)
 
         def cleanup():
-            keys = list(broker.client.scan_iter(match=f"{QUEUE}*", count=1000))
-            for i in range(0, len(keys), 500):
-                broker.client.delete(*keys[i:i + 500])
+            drop_keys(broker.client, f"{QUEUE}*")
     elif broker_name == "rabbitmq":
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
