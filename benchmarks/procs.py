@@ -84,6 +84,24 @@ def _socket_inodes(pid):
     return inodes
 
 
+def _tcp_rows(text):
+    """The split rows of /proc/net/tcp and tcp6 whose line contains ``text``.
+
+    Rows are "sl local_address rem_address st ... inode", addresses as HEX:PORT.
+    Testing for the text first skips splitting the thousands of TIME_WAIT rows
+    a scrape leaves behind.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    if text in line:
+                        yield line.split()
+        except OSError:
+            continue
+
+
 def broker_connections(pids, port):
     """TCP connections from ``pids`` to ``port`` on this machine (established or opening)."""
     def inodes_now():
@@ -95,24 +113,10 @@ def broker_connections(pids, port):
     # Sockets come and go while the table is read (250 greenlets open HTTP
     # connections): count only the ones that belong to the tree before and after.
     before = inodes_now()
-    # Rows are "sl local_address rem_address st ...", addresses as HEX:PORT: a remote
-    # port followed by state 01 (ESTABLISHED). Testing for that text first skips the
-    # split of the thousands of TIME_WAIT rows a scrape leaves behind.
+    # a remote port followed by state 01 (ESTABLISHED)
     remote_port = f":{port:04X}"
-    established_to_port = f"{remote_port} 01 "
-    rows = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    if established_to_port not in line:
-                        continue
-                    parts = line.split()
-                    if parts[2].endswith(remote_port) and parts[3] == "01" and parts[9] in before:
-                        rows.append(parts[9])
-        except OSError:
-            continue
+    rows = [parts[9] for parts in _tcp_rows(f"{remote_port} 01 ")
+            if parts[2].endswith(remote_port) and parts[3] == "01" and parts[9] in before]
     after = inodes_now()
     return len({inode for inode in rows if inode in after})
 
@@ -124,17 +128,8 @@ def listener_pids(port):
     job too: a queue's whole cost is its workers' part plus its server's.
     """
     local_port = f":{port:04X}"
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[1].endswith(local_port) and parts[3] == "0A":  # LISTEN
-                        inodes.add(parts[9])
-        except OSError:
-            continue
+    inodes = {parts[9] for parts in _tcp_rows(local_port)
+              if parts[1].endswith(local_port) and parts[3] == "0A"}  # 0A: LISTEN
     if not inodes:
         return []
     return [int(name) for name in os.listdir("/proc") if name.isdigit() and _socket_inodes(name) & inodes]
