@@ -122,6 +122,12 @@ def _median_ratio(rounds, key, dramatiq_key=None):
     return (statistics.median(ratios), ratios) if ratios and len(ratios) == len(rounds) else None
 
 
+def _rounds_text(ratio, each, digits):
+    """How a target taken from the alternating rounds reads: the median, then every round's ratio."""
+    rounds = ", ".join(f"{r:.{digits}f}x" for r in each)
+    return f"{ratio:.{digits}f}x, median of {len(each)} alternating rounds ({rounds})"
+
+
 def _send_comparisons(broker, g, d):
     """``[(row key, label suffix)]``: which send() figures of greenq and Dramatiq compare like with like."""
     if broker != "rabbitmq":
@@ -180,9 +186,7 @@ def targets(rows):
                                                     "enqueue_one_unconfirmed": "unconfirmed"}[key])
                     if paired is not None:
                         ratio, each = paired
-                        check(f"send() >= dramatiq's ({broker}{how})", ratio >= 1,
-                              f"{ratio:.2f}x, median of {len(each)} alternating rounds "
-                              f"({', '.join(f'{r:.2f}x' for r in each)})")
+                        check(f"send() >= dramatiq's ({broker}{how})", ratio >= 1, _rounds_text(ratio, each, 2))
                     else:
                         ratio = g[key] / d[key]
                         check(f"send() >= dramatiq's ({broker}{how})", ratio >= 1,
@@ -191,9 +195,7 @@ def targets(rows):
                     paired = _median_ratio(rounds, "batch", "one_by_one")
                     if paired is not None:
                         ratio, each = paired
-                        check("batch >= 10x dramatiq send() (redis)", ratio >= 10,
-                              f"{ratio:.1f}x, median of {len(each)} alternating rounds "
-                              f"({', '.join(f'{r:.1f}x' for r in each)})")
+                        check("batch >= 10x dramatiq send() (redis)", ratio >= 10, _rounds_text(ratio, each, 1))
                     else:
                         ratio = g["enqueue_batch"] / d["enqueue_one"]
                         check("batch >= 10x dramatiq send() (redis)", ratio >= 10, f"{ratio:.1f}x")
