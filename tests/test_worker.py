@@ -106,6 +106,44 @@ def test_time_limit_caught_by_the_actor_lets_it_clean_up(stub_broker, stub_worke
     assert stub_broker.dead_letters == []  # it handled the interrupt and returned
 
 
+def test_two_deliveries_of_one_message_each_keep_their_own_time_limit(stub_broker, stub_worker):
+    # A redelivery or a scheduler's second copy of a tick runs beside the first under the same
+    # message id; the copy that finishes first must not take the other's limit with it.
+    lock, starts, outcome = threading.Lock(), [], []
+    second_started, interrupted = threading.Event(), threading.Event()
+
+    @greenq.actor(broker=stub_broker, time_limit=300, max_retries=0)
+    def twice():
+        with lock:
+            starts.append(len(starts))
+            first = len(starts) == 1
+        if first:
+            assert second_started.wait(10)
+            outcome.append("first returned")
+            return
+        second_started.set()
+        try:
+            for _ in range(1000):
+                time.sleep(0.01)
+            outcome.append("second ran on")
+        except greenq.TimeLimitExceeded:
+            outcome.append("second interrupted")
+            interrupted.set()
+            raise
+
+    message = twice.message()
+    stub_broker.enqueue(message)
+    stub_broker.enqueue(message)
+    assert interrupted.wait(5), outcome
+    stub_broker.join(twice.queue_name)
+    stub_worker.join()
+    assert outcome == ["first returned", "second interrupted"]
+    (dead,) = stub_broker.dead_letters
+    assert dead.message_id == message.message_id and dead.options["failure"].startswith("TimeLimitExceeded")
+    (time_limit,) = [m for m in stub_broker.middleware if type(m).__name__ == "TimeLimit"]
+    assert time_limit._timers == {} and time_limit._deadlines == {}  # neither delivery's timer left armed
+
+
 def test_age_limit_dead_letters_old_messages_without_running_them(stub_broker, stub_worker):
     ran = []
 
@@ -194,6 +232,35 @@ def test_shutdown_notification_reaches_opted_in_actors(stub_broker):
     # Unfinished work goes back as it came: not a retry (delayed), not dead, and no
     # on_failure message (it would be a second ready message on this queue).
     assert stub_broker.queue_counts(patient.queue_name) == {"ready": 1, "delayed": 0, "in_flight": 0, "dead": 0}
+
+
+def test_shutdown_notification_reaches_both_deliveries_of_one_message(stub_broker):
+    lock, running, outcome = threading.Lock(), [], []
+    both_running = threading.Event()
+
+    @greenq.actor(broker=stub_broker, notify_shutdown=True)
+    def patient():
+        with lock:
+            running.append(1)
+            if len(running) == 2:
+                both_running.set()
+        try:
+            for _ in range(1000):
+                time.sleep(0.01)
+        except greenq.Shutdown:
+            with lock:
+                outcome.append("shutdown")
+            raise
+
+    message = patient.message()
+    stub_broker.enqueue(message)
+    stub_broker.enqueue(message)
+    worker = greenq.Worker(stub_broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    assert both_running.wait(10)
+    worker.stop(timeout=5000)
+    assert outcome == ["shutdown", "shutdown"]
+    assert stub_broker.queue_counts(patient.queue_name)["ready"] == 2  # both went back as they came
 
 
 def test_shutdown_timeout_requeues_work_that_did_not_finish(stub_broker):

@@ -17,18 +17,18 @@ class ShutdownNotifications(Middleware):
 
     def __init__(self, *, notify_shutdown=False):
         self.notify_shutdown = notify_shutdown
-        self._running = {}
+        self._running = set()  # deliveries, not ids: two deliveries of one message may run at once
 
     def before_process_message(self, broker, message):
         if broker.get_actor(message.actor_name).options.get("notify_shutdown", self.notify_shutdown):
-            self._running[message.message_id] = message
+            self._running.add(message)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        self._running.pop(message.message_id, None)
+        self._running.discard(message)
 
     after_skip_message = after_process_message
 
     def before_worker_shutdown(self, broker, worker):
-        for message in list(self._running.values()):
+        for message in list(self._running):
             logger.info("Sending Shutdown to message %s (%s).", message.message_id, message.actor_name)
             message.interrupt(Shutdown)

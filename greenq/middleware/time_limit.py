@@ -29,8 +29,11 @@ class TimeLimit(Middleware):
     def __init__(self, *, time_limit=1800000, sigkill_delay=10000):
         self.time_limit = time_limit
         self.sigkill_delay = sigkill_delay
+        # Keyed by the delivery (the MessageProxy), not the message id: two deliveries of one
+        # message (a redelivery, a scheduler's second copy of a tick) can run at once, and the
+        # first to finish must not cancel the other's limit or leave its own timer armed.
         self._timers = {}
-        self._deadlines = {}  # message id -> monotonic time past which the process is killed
+        self._deadlines = {}  # delivery -> (monotonic time past which the process is killed, actor name)
         self._watchdog = False
 
     def after_process_boot(self, broker):
@@ -43,9 +46,9 @@ class TimeLimit(Middleware):
         if limit is None:
             return
         timer = concurrency.Timer(limit / 1000, self._expire, message, limit)
-        self._timers[message.message_id] = timer
+        self._timers[message] = timer
         if self._watchdog:
-            self._deadlines[message.message_id] = (time.monotonic() + (limit + self.sigkill_delay) / 1000,
+            self._deadlines[message] = (time.monotonic() + (limit + self.sigkill_delay) / 1000,
                                                    message.actor_name)
 
     def _expire(self, message, limit):
@@ -54,10 +57,10 @@ class TimeLimit(Middleware):
                            limit, message.message_id, message.actor_name)
 
     def _clear(self, message):
-        timer = self._timers.pop(message.message_id, None)
+        timer = self._timers.pop(message, None)
         if timer is not None:
             timer.cancel()
-        self._deadlines.pop(message.message_id, None)
+        self._deadlines.pop(message, None)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         self._clear(message)
@@ -70,9 +73,9 @@ class TimeLimit(Middleware):
         while True:
             concurrency.os_sleep(0.5)
             now = time.monotonic()
-            for message_id, (deadline, actor_name) in list(self._deadlines.items()):
+            for message, (deadline, actor_name) in list(self._deadlines.items()):
                 if now > deadline:
-                    line = (f"greenq: message {message_id} ({actor_name}) ignored its time limit for "
+                    line = (f"greenq: message {message.message_id} ({actor_name}) ignored its time limit for "
                             f"{self.sigkill_delay} ms more; killing worker process {os.getpid()} so the broker "
                             "redelivers it.\n")
                     os.write(2, line.encode())
