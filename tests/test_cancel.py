@@ -173,6 +173,47 @@ def test_cancel_on_the_stub_broker(recorder, queue_name):
         worker.stop(timeout=5000)
 
 
+def test_cancel_reaches_both_deliveries_of_one_message(recorder, queue_name):
+    # A redelivery can run beside the first copy under the same id: the cancel is for both.
+    from greenq.brokers.stub import StubBroker
+
+    broker = StubBroker()
+    broker.add_middleware(Cancel(check_interval=20))
+    broker.emit_after("process_boot")
+    lock, running = threading.Lock(), []
+    both_running = threading.Event()
+
+    @greenq.actor(queue_name=queue_name, broker=broker)
+    def busy():
+        with lock:
+            running.append(1)
+            if len(running) == 2:
+                both_running.set()
+        try:
+            for _ in range(1000):
+                time.sleep(0.01)
+        except greenq.Cancelled:
+            recorder.add("caught")
+            raise
+
+    message = busy.message()
+    broker.enqueue(message)
+    broker.enqueue(message)
+    worker = greenq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        assert both_running.wait(10)
+        message.cancel(broker=broker)
+        assert recorder.wait_for(2, timeout=5) == ["caught", "caught"]
+        broker.join(queue_name, timeout=10000)
+        worker.join(10000)
+        assert broker.dead_letters_of(queue_name) == []
+        cancel = broker.get_middleware(Cancel)
+        assert cancel._running == {} and cancel._interrupted == set()
+    finally:
+        worker.stop(timeout=5000)
+
+
 def test_under_gevent_only_the_cancelled_greenlets_die(tmp_path, queue_name):
     require_server("Redis", "127.0.0.1", 6379)
     from greenq.brokers.redis import RedisBroker

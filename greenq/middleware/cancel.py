@@ -49,8 +49,10 @@ class Cancel(Middleware):
         self._store = store
         self.ttl = int(ttl)
         self.check_interval = check_interval / 1000
-        self._running = {}  # message id -> MessageProxy, processed by this process now
-        self._interrupted = set()
+        # message id -> the deliveries of it this process runs now: a redelivery can run beside the
+        # first copy under the same id, and a cancel is for every copy.
+        self._running = {}
+        self._interrupted = set()  # deliveries Cancelled was raised into
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher = None
@@ -97,17 +99,25 @@ class Cancel(Middleware):
             self._record(broker, message, "cancelled before start")
             raise SkipMessage(f"message {message.message_id} was cancelled")
         with self._lock:
-            self._running[message.message_id] = message
+            self._running.setdefault(message.message_id, set()).add(message)
         store.mark_started(message.message_id, self.ttl)
         if self._watcher is None:
             self._start_watcher(broker)
 
-    def after_process_message(self, broker, message, *, result=None, exception=None):
+    def _forget(self, message):
+        """Drop a delivery that ended; whether Cancelled was raised into it."""
         with self._lock:
-            if self._running.get(message.message_id) is message:
-                del self._running[message.message_id]
-            interrupted = message.message_id in self._interrupted
-            self._interrupted.discard(message.message_id)
+            deliveries = self._running.get(message.message_id)
+            if deliveries is not None:
+                deliveries.discard(message)
+                if not deliveries:
+                    del self._running[message.message_id]
+            interrupted = message in self._interrupted
+            self._interrupted.discard(message)
+        return interrupted
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        interrupted = self._forget(message)
         if isinstance(exception, Cancelled):
             # Settled here: ``retried`` tells the worker someone took care of this failure, so it
             # acks the message instead of dead-lettering it (Retries never retries Cancelled).
@@ -118,9 +128,7 @@ class Cancel(Middleware):
             self._record(broker, message, "cancelled while running", failure=False)
 
     def after_skip_message(self, broker, message):
-        with self._lock:
-            if self._running.get(message.message_id) is message:
-                del self._running[message.message_id]
+        self._forget(message)
 
     def _record(self, broker, message, outcome, failure=True):
         try:
@@ -151,7 +159,7 @@ class Cancel(Middleware):
         failing = False
         while not self._stop.wait(self.check_interval):
             with self._lock:
-                ids = [i for i in self._running if i not in self._interrupted]
+                ids = [i for i, deliveries in self._running.items() if not deliveries <= self._interrupted]
             if not ids:
                 continue
             try:
@@ -167,15 +175,15 @@ class Cancel(Middleware):
                 failing = False
             for message_id in cancelled:
                 with self._lock:
-                    message = self._running.get(message_id)
-                    if message is None:
-                        continue
-                    self._interrupted.add(message_id)
-                if message.interrupt(Cancelled):
-                    logger.warning("Message %s (%s) was cancelled; interrupting it.", message_id, message.actor_name)
-                else:  # its actor is not reachable yet (or any more): look again next time
-                    with self._lock:
-                        self._interrupted.discard(message_id)
+                    deliveries = self._running.get(message_id, set()) - self._interrupted
+                    self._interrupted |= deliveries
+                for message in deliveries:
+                    if message.interrupt(Cancelled):
+                        logger.warning("Message %s (%s) was cancelled; interrupting it.", message_id,
+                                       message.actor_name)
+                    else:  # its actor is not reachable yet (or any more): look again next time
+                        with self._lock:
+                            self._interrupted.discard(message)
 
 
 def _cancel_middleware(broker):
