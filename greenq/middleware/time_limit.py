@@ -49,7 +49,7 @@ class TimeLimit(Middleware):
         self._timers[message] = timer
         if self._watchdog:
             self._deadlines[message] = (time.monotonic() + (limit + self.sigkill_delay) / 1000,
-                                                   message.actor_name)
+                                        message.actor_name)
 
     def _expire(self, message, limit):
         if message.interrupt(TimeLimitExceeded):
