@@ -112,7 +112,7 @@ def test_two_deliveries_of_one_message_each_keep_their_own_time_limit(stub_broke
     lock, starts, outcome = threading.Lock(), [], []
     second_started, interrupted = threading.Event(), threading.Event()
 
-    @greenq.actor(broker=stub_broker, time_limit=300, max_retries=0)
+    @greenq.actor(broker=stub_broker, time_limit=1000, max_retries=0)
     def twice():
         with lock:
             starts.append(len(starts))
@@ -134,7 +134,7 @@ def test_two_deliveries_of_one_message_each_keep_their_own_time_limit(stub_broke
     message = twice.message()
     stub_broker.enqueue(message)
     stub_broker.enqueue(message)
-    assert interrupted.wait(5), outcome
+    assert interrupted.wait(8), outcome  # at its 1 s limit, not after its 10 s of sleeps
     stub_broker.join(twice.queue_name)
     stub_worker.join()
     assert outcome == ["first returned", "second interrupted"]
