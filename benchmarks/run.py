@@ -85,6 +85,20 @@ def log(text):
 
 # --- the run: shared server, isolation -----------------------------------------------
 
+def start_page_server():
+    """Start ``benchmarks.server`` (the 50 ms page) in a process group of its own; return it and the page's URL.
+
+    The caller stops it with ``procs.stop_group``.
+    """
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.server", "--delay-ms", "50"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True, env=_env({}))
+    line = server.stdout.readline().split()
+    if len(line) != 2 or line[0] != "port":
+        procs.stop_group(server)
+        raise BenchError(f"the HTTP server did not start (said {line!r})")
+    return server, f"http://127.0.0.1:{line[1]}/page"
+
+
 class Run:
     def __init__(self, args):
         self.args = args
@@ -98,13 +112,7 @@ class Run:
         self.greenq_python = peers.GREENQ.python() if peers.GREENQ.available() else sys.executable
 
     def start_server(self):
-        self.server = subprocess.Popen([sys.executable, "-m", "benchmarks.server", "--delay-ms", "50"],
-                                       cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
-                                       env=_env({}))
-        line = self.server.stdout.readline().split()
-        if len(line) != 2 or line[0] != "port":
-            raise BenchError(f"the HTTP server did not start (said {line!r})")
-        self.http_url = f"http://127.0.0.1:{line[1]}/page"
+        self.server, self.http_url = start_page_server()
 
     def vhost_url(self):
         if self.vhost is None:

@@ -274,17 +274,20 @@ def test_paired_figures_decide_the_targets_when_the_run_has_them():
 def test_in_process_overhead_compares_each_broker_with_the_bare_pool():
     require_server("Redis", "127.0.0.1", 6379)
     done = subprocess.run([sys.executable, "-m", "benchmarks.overhead", "--n", "300", "--rounds", "1",
-                           "--brokers", "sqlite,redis", "--no-dramatiq"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240)
+                           "--brokers", "sqlite,redis", "--no-dramatiq", "--jobs", "noop,io,scrape",
+                           "--scrape-n", "100"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("bare ", "greenq "))]
     assert [(row[0], row[1], row[2]) for row in rows] == [
-        ("bare", "-", "noop"), ("greenq", "sqlite", "noop"), ("greenq", "redis", "noop"),
-        ("bare", "-", "io"), ("greenq", "sqlite", "io"), ("greenq", "redis", "io")]
+        (system, broker, job) for job in ("noop", "io", "scrape")
+        for system, broker in (("bare", "-"), ("greenq", "sqlite"), ("greenq", "redis"))]
     for row in rows:
-        assert float(row[3]) > 0
+        assert len(row) == 9 and float(row[3]) > 0 and float(row[4]) == 0  # one round: no spread
         if row[0] == "greenq":  # every job was fetched and settled: some calls, never more than one per job
-            assert 0 < float(row[6]) <= 1 and 0 < float(row[7]) <= 1
+            assert 0 < float(row[7]) <= 1 and 0 < float(row[8]) <= 1
+        else:
+            assert row[5:] == ["-", "-", "-", "-"]
+    assert page_servers() == []  # the page server the scrape job needed was stopped
     assert not redis_keys_left("overhead-")  # the runs dropped their namespaces
 
 
@@ -300,8 +303,21 @@ def test_in_process_overhead_beside_dramatiq():
     rows = {(row[0], row[1]): row for row in (line.split() for line in done.stdout.splitlines())
             if row and row[0] in ("bare", "greenq", "dramatiq")}
     assert set(rows) == {("bare", "-"), ("greenq", "redis"), ("dramatiq", "redis")}
-    assert rows["greenq", "redis"][5].endswith("x")  # greenq's queue CPU as a share of Dramatiq's
+    assert rows["greenq", "redis"][6].endswith("x")  # greenq's queue CPU as a share of Dramatiq's
     assert not redis_keys_left("overhead-")
+
+
+def page_servers():
+    """Pids of running ``benchmarks.server`` processes."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if b"benchmarks.server" in f.read().split(b"\0"):
+                    found.append(int(name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def redis_keys_left(prefix):

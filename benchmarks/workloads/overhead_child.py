@@ -31,7 +31,8 @@ QUEUE = f"overhead-{uuid.uuid4().hex[:8]}"
 
 
 class Jobs:
-    """N jobs, the same for every system: noop does nothing; io waits 30-70 ms (cooperatively), seeded.
+    """N jobs, the same for every system: noop does nothing; io waits 30-70 ms (cooperatively), seeded;
+    scrape fetches the page at ``BENCH_HTTP_URL`` with ``requests``, a new connection each time.
 
     The waits make IO-bound jobs end one by one, not in a burst. ``done`` is set
     when the last one has run.
@@ -40,12 +41,22 @@ class Jobs:
     def __init__(self, kind, n):
         rng = random.Random(7)
         self.waits = [rng.uniform(0.03, 0.07) if kind == "io" else 0.0 for _ in range(n)]
+        self.url = None
+        if kind == "scrape":
+            import requests  # here, not in the first job: the import is not the queue's cost
+
+            self.get = requests.get
+            self.url = os.environ["BENCH_HTTP_URL"]
         self.n = n
         self.count = 0
         self.done = gevent.event.Event()
 
     def run(self, i):
-        if self.waits[i]:
+        if self.url:
+            response = self.get(self.url, timeout=30)
+            if response.status_code != 200:
+                raise RuntimeError(f"the page answered {response.status_code}")
+        elif self.waits[i]:
             gevent.sleep(self.waits[i])
         self.count += 1
         if self.count == self.n:
@@ -70,6 +81,8 @@ def bare(kind, n):
     for i in range(n):
         pool.spawn(jobs.run, i)
     pool.join()
+    if jobs.count != n:
+        raise SystemExit(f"only {jobs.count} of {n} jobs ran")
     return {"cpu_us": (time.process_time() - start) * 1e6 / n}
 
 
