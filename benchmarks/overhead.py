@@ -24,7 +24,8 @@ a queue's tens of microseconds, so it answers a different question: whether a
 worker makes the job itself dearer (it would show as a difference far above
 the io job's).
 Each round runs every case once, alternating, in a fresh process; medians are
-printed, with greenq's settle and fetch calls per job. A minute or two.
+printed with the spread of the rounds and greenq's settle and fetch calls per
+job. A minute or two (scrape adds about three).
 """
 
 import argparse
