@@ -116,10 +116,26 @@ def test_metrics_of_a_two_process_run_match_the_work_done(prom_app):
     wait_until(lambda: client.llen(f"{ns}:ok") == 20 and client.llen(f"{ns}:flaky-done") == 3
                and client.llen(f"{ns}:nap") == 3 and client.llen(f"{ns}:deferred") == 1
                and broker.queue_counts("default")["dead"] == 2, what="the work to be done")
-    samples = wait_until(lambda: (lambda s: s if value(s, "greenq_message_rejects_total", "doomed") == 2
-                                  and value(s, "greenq_messages_total", "nap", "slowq") == 3
-                                  and value(s, "greenq_messages_total", "ok") == 20 else None)(scrape(port)),
-                         what="the metrics to settle")
+
+    def settled(samples):
+        """The scrape once every delivery's samples are in it.
+
+        A delivery's gauge, histogram and counter live in three files per process,
+        and one scrape reads them one after another: a counter can already show a
+        delivery whose gauge or histogram sample the same scrape read too early.
+        """
+        counted = (value(samples, "greenq_message_rejects_total", "doomed") == 2
+                   and value(samples, "greenq_messages_total", "nap", "slowq") == 3
+                   and value(samples, "greenq_messages_total", "ok") == 20)
+        idle = (all(value(samples, "greenq_messages_inprogress", actor) == 0
+                    for actor in ("ok", "flaky", "doomed", "hold"))
+                and value(samples, "greenq_messages_inprogress", "nap", "slowq") == 0)
+        observed = (value(samples, "greenq_message_duration_milliseconds_count", "ok") == 20
+                    and value(samples, "greenq_message_duration_milliseconds_count", "doomed") == 4
+                    and value(samples, "greenq_message_duration_milliseconds_count", "nap", "slowq") == 3)
+        return samples if counted and idle and observed else None
+
+    samples = wait_until(lambda: settled(scrape(port)), what="the metrics to settle (all counted, none in progress)")
 
     # Processed: every delivery once (retries deliver again).
     assert value(samples, "greenq_messages_total", "ok") == 20
