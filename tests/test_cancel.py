@@ -17,7 +17,7 @@ import greenq
 from greenq.middleware.cancel import Cancel
 from greenq.results import ResultFailure, Results
 
-from support import REDIS_URL, drop_redis_namespace, require_server
+from support import REDIS_URL, Recorder, drop_redis_namespace, require_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -180,15 +180,11 @@ def test_cancel_reaches_both_deliveries_of_one_message(recorder, queue_name):
     broker = StubBroker()
     broker.add_middleware(Cancel(check_interval=20))
     broker.emit_after("process_boot")
-    lock, running = threading.Lock(), []
-    both_running = threading.Event()
+    started = Recorder()
 
     @greenq.actor(queue_name=queue_name, broker=broker)
     def busy():
-        with lock:
-            running.append(1)
-            if len(running) == 2:
-                both_running.set()
+        started.add("started")
         try:
             for _ in range(1000):
                 time.sleep(0.01)
@@ -202,7 +198,7 @@ def test_cancel_reaches_both_deliveries_of_one_message(recorder, queue_name):
     worker = greenq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     try:
-        assert both_running.wait(10)
+        started.wait_for(2, timeout=10)
         message.cancel(broker=broker)
         assert recorder.wait_for(2, timeout=5) == ["caught", "caught"]
         broker.join(queue_name, timeout=10000)

@@ -8,7 +8,9 @@ import pytest
 
 import greenq
 from greenq.brokers.local import LocalBroker
-from greenq.middleware import CurrentMessage, Middleware
+from greenq.middleware import CurrentMessage, Middleware, TimeLimit
+
+from support import Recorder
 
 
 def test_higher_priority_runs_first_when_work_competes(stub_broker):
@@ -140,7 +142,7 @@ def test_two_deliveries_of_one_message_each_keep_their_own_time_limit(stub_broke
     assert outcome == ["first returned", "second interrupted"]
     (dead,) = stub_broker.dead_letters
     assert dead.message_id == message.message_id and dead.options["failure"].startswith("TimeLimitExceeded")
-    (time_limit,) = [m for m in stub_broker.middleware if type(m).__name__ == "TimeLimit"]
+    time_limit = stub_broker.get_middleware(TimeLimit)
     assert time_limit._timers == {} and time_limit._deadlines == {}  # neither delivery's timer left armed
 
 
@@ -235,21 +237,16 @@ def test_shutdown_notification_reaches_opted_in_actors(stub_broker):
 
 
 def test_shutdown_notification_reaches_both_deliveries_of_one_message(stub_broker):
-    lock, running, outcome = threading.Lock(), [], []
-    both_running = threading.Event()
+    started, outcome = Recorder(), Recorder()
 
     @greenq.actor(broker=stub_broker, notify_shutdown=True)
     def patient():
-        with lock:
-            running.append(1)
-            if len(running) == 2:
-                both_running.set()
+        started.add("started")
         try:
             for _ in range(1000):
                 time.sleep(0.01)
         except greenq.Shutdown:
-            with lock:
-                outcome.append("shutdown")
+            outcome.add("shutdown")
             raise
 
     message = patient.message()
@@ -257,9 +254,9 @@ def test_shutdown_notification_reaches_both_deliveries_of_one_message(stub_broke
     stub_broker.enqueue(message)
     worker = greenq.Worker(stub_broker, worker_threads=2, worker_timeout=100)
     worker.start()
-    assert both_running.wait(10)
+    started.wait_for(2, timeout=10)
     worker.stop(timeout=5000)
-    assert outcome == ["shutdown", "shutdown"]
+    assert outcome.calls == ["shutdown", "shutdown"]
     assert stub_broker.queue_counts(patient.queue_name)["ready"] == 2  # both went back as they came
 
 
