@@ -109,7 +109,7 @@ def _start_sampler(folder):
         while True:
             time.sleep(0.5)
             with open(path + ".tmp", "w") as f:
-                for stack, n in counts.items():
+                for stack, n in list(counts.items()):  # the handler may add a stack meanwhile
                     f.write(f"{stack} {n}\n")
             os.replace(path + ".tmp", path)
 
