@@ -24,6 +24,8 @@ setup(
     extras_require={
         "prometheus": ["prometheus_client>=0.17"],
         "cron": ["croniter>=2.0"],
+        # redis-py reads replies with hiredis's C parser when it is installed
+        "hiredis": ["redis[hiredis]"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.2",
@@ -31,6 +33,7 @@ setup(
             "requests>=2.31",
             "prometheus_client>=0.17",
             "croniter>=2.0",
+            "redis[hiredis]",
         ],
     },
     entry_points={

@@ -12,7 +12,9 @@ holding only greenq's runtime dependencies and ``requests``, at the same
 versions as the peers' (greenq itself comes from the working tree, on
 ``PYTHONPATH``). Every system then runs on the same interpreter set-up and the
 same gevent, redis-py, pika and requests, so the figures differ by the queue
-alone. Without it greenq runs on the interpreter that runs the benchmark, whose
+alone. Both hold hiredis, which redis-py then parses replies with: greenq's
+``hiredis`` extra installs it, and Dramatiq's and Celery's Redis clients use it
+as well. Without it greenq runs on the interpreter that runs the benchmark, whose
 site-packages may load modules at start-up (a ``.pth`` file, a bigger
 ``sys.path``) that a peer never loads: several MiB of resident memory that are
 not greenq's.
@@ -38,6 +40,7 @@ REQUIREMENTS = [
     "gevent==26.9.0",
     "requests==2.34.2",
     "redis==8.1.0",
+    "hiredis==3.5.0",
     "matplotlib==3.11.2",
 ]
 # what the requirements pulled in when the pins were taken (the queue clients first: they shape the figures)
@@ -50,10 +53,10 @@ LOCKED = [
     "fonttools==4.68.0", "kiwisolver==1.5.1", "numpy==2.4.6", "pillow==13.0.0", "pyparsing==3.3.3",
 ]
 # what .venv-greenq holds (at the versions above): greenq's dependencies, requests, and theirs
-GREENQ_PACKAGES = ("gevent", "greenlet", "zope.event", "zope.interface", "redis", "pika", "click", "requests",
-                   "urllib3", "certifi", "charset-normalizer", "idna")
+GREENQ_PACKAGES = ("gevent", "greenlet", "zope.event", "zope.interface", "redis", "hiredis", "pika", "click",
+                   "requests", "urllib3", "certifi", "charset-normalizer", "idna")
 # the versions a run records in its results (meta.peers)
-REPORTED = ("dramatiq", "celery", "gevent", "greenlet", "redis", "kombu", "pika", "requests", "urllib3")
+REPORTED = ("dramatiq", "celery", "gevent", "greenlet", "redis", "hiredis", "kombu", "pika", "requests", "urllib3")
 
 logger = logging.getLogger("greenq.benchmarks.peers")
 

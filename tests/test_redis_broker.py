@@ -22,7 +22,7 @@ import pytest
 import greenq
 from greenq.message import Message, current_millis
 
-from redis_helpers import REDIS_URL, port_open, require_server
+from redis_helpers import IN_CI, REDIS_URL, port_open, require_server
 
 HERE = os.path.dirname(__file__)
 
@@ -42,8 +42,25 @@ def raw():
     client.close()
 
 
+@pytest.fixture(params=["hiredis", "python"])
+def parser_class(request):
+    """The reply parser of the brokers ``make`` builds: hiredis's, which ``greenq[hiredis]`` (and the dev
+    extra) installs and redis-py then picks, and redis-py's own, which a plain install runs on."""
+    import redis.connection
+    import redis.utils
+
+    if request.param == "python":
+        return redis.connection._RESP2Parser
+    if not redis.utils.HIREDIS_AVAILABLE:
+        message = "hiredis is not installed (pip install -e '.[dev]')"
+        if IN_CI:
+            pytest.fail(message + " (CI requires it)")
+        pytest.skip(message)
+    return redis.connection._HiredisParser
+
+
 @pytest.fixture
-def make(namespace):
+def make(namespace, parser_class):
     from greenq.brokers.redis import RedisBroker
 
     made = []
@@ -51,6 +68,7 @@ def make(namespace):
     def build(**options):
         require_server("Redis", "127.0.0.1", 6379)
         options.setdefault("namespace", namespace)
+        options.setdefault("parser_class", parser_class)
         broker = RedisBroker(REDIS_URL, **options)
         broker.emit_after("process_boot")
         made.append(broker)

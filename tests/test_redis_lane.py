@@ -15,7 +15,7 @@ from greenq.message import Message
 
 from redis_helpers import REDIS_URL, require_server
 from support import run_in_forked_child
-from test_redis_broker import count_pool_checkouts, fetch_all, make, namespace  # noqa: F401 - fixtures
+from test_redis_broker import count_pool_checkouts, fetch_all, make, namespace, parser_class  # noqa: F401 - fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,22 @@ def test_requests_are_packed_as_redis_py_packs_them(make):
             lane.pack(connection, "a" * 40, keys, [True])  # what redis-py refuses, the lane refuses
     finally:
         lane.checkin(connection)
+
+
+def test_the_lane_and_a_consumer_read_replies_with_the_parser_asked_for(make, queue_name, parser_class):
+    from redis.connection import _HiredisParser
+
+    broker = make()  # the fixture passes parser_class, as a user's client option would
+    broker.enqueue(message_for(queue_name, 1))
+    consumer = broker.consume(queue_name)
+    try:
+        assert [m.args[0] for m in fetch_all(consumer, 1)] == [1]
+        connections = broker._lane._idle + consumer._client().connection_pool._available_connections
+        assert len(connections) == 2
+        # redis-py's own parser is the RESP2 or the RESP3 one, by the protocol the connection speaks
+        assert {isinstance(c._parser, _HiredisParser) for c in connections} == {parser_class is _HiredisParser}
+    finally:
+        consumer.close()
 
 
 class Interrupted(BaseException):

@@ -171,7 +171,8 @@ class RedisBroker(Broker):
     (crashes) before a message is dead-lettered. ``client``: a ready
     ``redis.Redis`` or ``redis.cluster.RedisCluster`` to use instead of ``url``.
     ``max_connections``: how many connections the process's greenlets and threads share
-    for script calls, and again for other commands.
+    for script calls, and again for other commands. Other keyword arguments
+    (``socket_timeout``, ``parser_class``...) go to redis-py's connections, all of them.
     """
 
     def __init__(self, url=None, *, namespace="greenq", heartbeat_timeout=60000, dead_message_ttl=DEAD_MESSAGE_TTL,
