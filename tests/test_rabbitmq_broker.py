@@ -619,6 +619,44 @@ def test_consumer_acks_are_not_held_up_by_an_idle_fetch(brokers, queue_name):
     assert broker.queue_counts(queue_name)["in_flight"] == 0
 
 
+def test_an_ack_batch_finished_out_of_order_goes_out_in_one_write(brokers, queue_name, monkeypatch):
+    """A cumulative ack for the oldest finished deliveries, single acks for the rest, all in one socket write;
+    deliveries still running are left unacked."""
+    import socket
+
+    broker = brokers()
+    broker.enqueue_many([Message(queue_name=queue_name, actor_name="a", args=(i,), kwargs={}, options={})
+                         for i in range(10)])
+    consumer = broker.consume(queue_name, prefetch=10)
+    got = sorted(fetch_all(consumer, 10), key=lambda m: m.args[0])
+    assert [m.args[0] for m in got] == list(range(10))
+    running = [got[2], got[6]]  # finished: 0 and 1 (one cumulative ack), then 3-5 and 7-9 one by one
+    link_socket = consumer._link.connection._impl._transport._sock
+    sends, send = [], socket.socket.send
+
+    def counted(self, data, *args):
+        if self is link_socket:
+            sends.append(len(data))
+        return send(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "send", counted)
+    consumer.ack([m for m in got if m not in running])
+    monkeypatch.setattr(socket.socket, "send", send)
+    assert 1 <= len(sends) <= 3, sends  # two writes (one more if a heartbeat falls in); 7 frames one by one before
+    consumer.close()  # RabbitMQ puts back what the channel held unacked before it answers the close
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        declared = connection.channel().queue_declare(queue_name, passive=True)
+        assert declared.method.message_count == 2
+    finally:
+        connection.close()
+    again = broker.consume(queue_name, prefetch=10)
+    back = fetch_all(again, 2)
+    again.ack(back)
+    again.close()
+    assert sorted(m.args[0] for m in back) == [2, 6]
+
+
 def test_a_waiting_fetch_is_woken_by_the_next_delivery(brokers, queue_name):
     """Deliveries go into the buffer without the lock; a fetch that waits must still hear of one at once."""
     broker = brokers()

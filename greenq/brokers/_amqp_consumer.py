@@ -120,16 +120,21 @@ class RabbitmqConsumer(Consumer):
         live = [tag for generation, tag in receipts
                 if generation == link.generation and self._channel is not None and self._channel.is_open]
         stale = len(receipts) - len(live)
+        frames = [(tag, False) for tag in live]  # (delivery tag, multiple)
         if not requeue and len(live) > 1:
-            live = self._ack_prefix(link, live)
-        for i, tag in enumerate(live):
-            # Frames go out on the asynchronous side; the last call, on the blocking
-            # side, flushes them all (pika's blocking ack flushes its I/O loop every time).
-            channel = self._channel if i == len(live) - 1 else self._channel._impl
+            frames = self._ack_prefix(link, live)
+        for i, (tag, multiple) in enumerate(frames):
+            # Frames queue on the asynchronous side and are joined into one write;
+            # the last call, on the blocking side, flushes them (pika's blocking ack
+            # flushes its I/O loop every time, and would send each frame on its own).
+            last = i == len(frames) - 1
+            if last:
+                link._coalesce_output()
+            channel = self._channel if last else self._channel._impl
             if requeue:
                 channel.basic_nack(tag, requeue=True)
             else:
-                channel.basic_ack(tag)
+                channel.basic_ack(tag, multiple=multiple)
         if requeue and live:
             # A round trip through the same channel: RabbitMQ has put the messages
             # back before it answers, so counts read afterwards include them.
@@ -137,12 +142,13 @@ class RabbitmqConsumer(Consumer):
         return stale
 
     def _ack_prefix(self, link, tags):
-        """Ack, in one ``multiple`` frame, the tags below every delivery still outstanding; return the rest.
+        """``[(tag, multiple)]``: one cumulative ack for the tags below every delivery still outstanding, then the rest.
 
-        Each ``basic_ack`` costs a frame and a flush of pika's I/O loop; a batch of
-        finished messages usually starts with the channel's oldest unsettled
-        deliveries, so one cumulative ack covers most of it. Tags of deliveries
-        not in the batch (held by running actors, or still buffered) bound it.
+        Each ``basic_ack`` costs a frame; a batch of finished messages usually
+        starts with the channel's oldest unsettled deliveries, so one cumulative
+        ack covers most of it. Tags of deliveries not in the batch (held by
+        running actors, or still buffered) bound it; IO-bound actors finishing
+        out of order leave the rest to be acked one by one.
         """
         batch = set(tags)
         with self._cond:
@@ -152,10 +158,9 @@ class RabbitmqConsumer(Consumer):
         bound = min(others, default=None)
         covered = sorted(tag for tag in tags if bound is None or tag < bound)
         if len(covered) > 1:
-            self._channel.basic_ack(covered[-1], multiple=True)
-            covered = set(covered)
-            return [tag for tag in tags if tag not in covered]
-        return tags
+            covered_set = set(covered)
+            return [(covered[-1], True)] + [(tag, False) for tag in tags if tag not in covered_set]
+        return [(tag, False) for tag in tags]
 
     # --- the Consumer contract ---------------------------------------------------------------
 
