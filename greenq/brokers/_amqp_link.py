@@ -517,8 +517,9 @@ class Link:
     def _coalesce_output(self):
         """Join the frames pika queued for the socket into one chunk, so they go in one ``send``.
 
-        pika sends each queued frame (three per message) with its own ``send``; each
-        one releases the GIL, and a caller thread busy sending takes it for up to
+        pika sends each queued frame (three per published message, one per ack) with
+        its own ``send``; each costs a system call (a gevent one when patched) and
+        releases the GIL, and a caller thread busy sending takes it for up to
         ``sys.getswitchinterval()`` (5 ms) every time. Uses pika's private transport
         buffer (a deque of bytes, kept since pika 1.0); without it, nothing changes.
         """
