@@ -33,7 +33,7 @@ class TimeLimit(Middleware):
         # message (a redelivery, a scheduler's second copy of a tick) can run at once, and the
         # first to finish must not cancel the other's limit or leave its own timer armed.
         self._timers = {}
-        self._deadlines = {}  # delivery -> (monotonic time past which the process is killed, actor name)
+        self._deadlines = {}  # delivery -> monotonic time past which the process is killed
         self._watchdog = False
 
     def after_process_boot(self, broker):
@@ -48,8 +48,7 @@ class TimeLimit(Middleware):
         timer = concurrency.Timer(limit / 1000, self._expire, message, limit)
         self._timers[message] = timer
         if self._watchdog:
-            self._deadlines[message] = (time.monotonic() + (limit + self.sigkill_delay) / 1000,
-                                        message.actor_name)
+            self._deadlines[message] = time.monotonic() + (limit + self.sigkill_delay) / 1000
 
     def _expire(self, message, limit):
         if message.interrupt(TimeLimitExceeded):
@@ -73,9 +72,9 @@ class TimeLimit(Middleware):
         while True:
             concurrency.os_sleep(0.5)
             now = time.monotonic()
-            for message, (deadline, actor_name) in list(self._deadlines.items()):
+            for message, deadline in list(self._deadlines.items()):
                 if now > deadline:
-                    line = (f"greenq: message {message.message_id} ({actor_name}) ignored its time limit for "
+                    line = (f"greenq: message {message.message_id} ({message.actor_name}) ignored its time limit for "
                             f"{self.sigkill_delay} ms more; killing worker process {os.getpid()} so the broker "
                             "redelivers it.\n")
                     os.write(2, line.encode())
