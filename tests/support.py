@@ -70,6 +70,15 @@ def run_in_forked_child(check, timeout=30):
         time.sleep(0.02)  # a child's exit has no event the parent can wait on with a deadline
 
 
+def enqueue_twice(broker, actor):
+    """Two deliveries of one message (one id), as a redelivery beside the first copy or a scheduler's
+    second copy of a tick; returns the message."""
+    message = actor.message()
+    broker.enqueue(message)
+    broker.enqueue(message)
+    return message
+
+
 class Recorder:
     """Collects what actors saw and lets a test wait for a count, without sleeps."""
 

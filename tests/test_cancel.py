@@ -17,7 +17,7 @@ import greenq
 from greenq.middleware.cancel import Cancel
 from greenq.results import ResultFailure, Results
 
-from support import REDIS_URL, Recorder, drop_redis_namespace, require_server
+from support import REDIS_URL, Recorder, drop_redis_namespace, enqueue_twice, require_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -192,9 +192,7 @@ def test_cancel_reaches_both_deliveries_of_one_message(recorder, queue_name):
             recorder.add("caught")
             raise
 
-    message = busy.message()
-    broker.enqueue(message)
-    broker.enqueue(message)
+    message = enqueue_twice(broker, busy)
     worker = greenq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     try:

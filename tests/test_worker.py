@@ -10,7 +10,7 @@ import greenq
 from greenq.brokers.local import LocalBroker
 from greenq.middleware import CurrentMessage, Middleware, TimeLimit
 
-from support import Recorder
+from support import Recorder, enqueue_twice
 
 
 def test_higher_priority_runs_first_when_work_competes(stub_broker):
@@ -133,9 +133,7 @@ def test_two_deliveries_of_one_message_each_keep_their_own_time_limit(stub_broke
             interrupted.set()
             raise
 
-    message = twice.message()
-    stub_broker.enqueue(message)
-    stub_broker.enqueue(message)
+    message = enqueue_twice(stub_broker, twice)
     assert interrupted.wait(8), outcome  # at its 1 s limit, not after its 10 s of sleeps
     stub_broker.join(twice.queue_name)
     stub_worker.join()
@@ -249,9 +247,7 @@ def test_shutdown_notification_reaches_both_deliveries_of_one_message(stub_broke
             outcome.add("shutdown")
             raise
 
-    message = patient.message()
-    stub_broker.enqueue(message)
-    stub_broker.enqueue(message)
+    enqueue_twice(stub_broker, patient)
     worker = greenq.Worker(stub_broker, worker_threads=2, worker_timeout=100)
     worker.start()
     started.wait_for(2, timeout=10)
