@@ -221,6 +221,28 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(make, queue_na
     survivor.close()
 
 
+def test_only_deliveries_lost_with_their_worker_count_towards_max_deliveries(make, raw, queue_name):
+    broker = make(heartbeat_timeout=200, max_deliveries=2)
+    sent = broker.enqueue(message_for(queue_name))
+    for _ in range(3):  # given back unstarted (a graceful stop): as if never fetched
+        consumer = broker.consume(queue_name)
+        (got,) = fetch_all(consumer, 1)
+        assert got.message_id == sent.message_id and not got.redelivered
+        consumer.requeue([got])
+        consumer.close()
+    crashed = broker.consume(queue_name)
+    (got,) = fetch_all(crashed, 1)
+    crashed._crash()
+    survivor = broker.consume(queue_name)
+    (again,) = fetch_all(survivor, 1)  # the first lost delivery of two allowed: delivered again, not dead
+    assert again.message_id == sent.message_id and again.redelivered
+    assert raw.hget(f"{survivor.prefix}.deliveries", again.receipt) == b"1"
+    survivor.ack([again])
+    assert broker.dead_letters_of(queue_name) == []
+    assert not raw.exists(f"{survivor.prefix}.deliveries", f"{survivor.prefix}.msgs")
+    survivor.close()
+
+
 def test_a_stalled_consumer_cannot_settle_a_message_taken_back(make, raw, queue_name, caplog):
     broker = make(heartbeat_timeout=60000)  # no beat of its own for 20 s: only the backdating below ages it
     broker.enqueue(message_for(queue_name))
@@ -607,6 +629,44 @@ def test_enqueue_many_and_ack_many_are_one_round_trip_each(private_redis, queue_
     admin.script_flush()  # a restarted Redis forgets scripts: load once, replay
     broker.enqueue_many([message_for(q) for q in others])
     assert [broker.queue_counts(q)["ready"] for q in others] == [11, 11, 11]
+    consumer.close()
+    broker.close()
+    admin.close()
+
+
+def test_fetch_and_ack_run_a_few_commands_per_batch_not_per_message(private_redis, queue_name):
+    """The scripts batch their commands, so Redis's work per message stays small; a batch bigger than
+    the scripts' chunk of 1000 keys is split and still taken and settled whole, in order."""
+    import redis
+
+    from greenq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(private_redis, namespace="batched", heartbeat_timeout=3600000)  # no beats meanwhile
+    admin = redis.Redis.from_url(private_redis)
+    n = 2500
+    broker.enqueue_many([message_for(queue_name, args=(i,)) for i in range(n)])
+    consumer = broker.consume(queue_name)
+
+    def inner_commands():
+        """Commands run inside the scripts, not the calls around them (a first call of each script on a
+        connection also loads it, a new connection says HELLO)."""
+        around = {"cmdstat_evalsha", "cmdstat_script|load", "cmdstat_hello", "cmdstat_info"}
+        return sum(s["calls"] for name, s in admin.info("commandstats").items() if name not in around)
+
+    before = inner_commands()
+    got = consumer.fetch(n, 5)
+    fetch_commands = inner_commands() - before
+    assert [m.args[0] for m in got] == list(range(n))
+    before = inner_commands()
+    consumer.ack(got)
+    ack_commands = inner_commands() - before
+    # one HMGET of payloads, one of lost deliveries and one SADD per chunk of 1000, one LPOP per chunk,
+    # and a fixed set per fetch (the key-type check, the heartbeat, the reaper and delay look-ups)
+    assert fetch_commands <= 40, fetch_commands
+    assert ack_commands == 3 * 5  # per chunk: SMISMEMBER, SREM, and HDEL of payload, priority, deliveries
+    assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+    prefix = broker.prefix(queue_name)
+    assert not admin.exists(f"{prefix}.msgs", f"{prefix}.held.{consumer.cid}", f"{prefix}.queue")
     consumer.close()
     broker.close()
     admin.close()

@@ -17,7 +17,8 @@ key                 type    holds
 ``.prio``           zset    keys ready at priority > 0, score ``-priority*2^40 + seq``
 ``.delayed``        zset    keys waiting for their eta (score: eta, epoch ms)
 ``.pri``            hash    key -> priority, for messages with priority > 0
-``.deliveries``     hash    key -> how many times it was handed to a consumer
+``.deliveries``     hash    key -> how many of its deliveries were lost with their consumer
+                            (taken back by the reaper); absent while none was
 ``.heartbeats``     zset    consumer id -> last heartbeat (Redis server time, ms)
 ``.held.<cid>``     set     keys a consumer holds (in flight)
 ``.dead``           zset    dead keys by failure time (ms)
@@ -39,14 +40,16 @@ _COMMON = r"""
 local K_MSGS, K_QUEUE, K_PRIO, K_DELAYED, K_PRI, K_DELIV, K_HB, K_DEAD, K_DEADMSGS, K_DEADWHY, K_META =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local SHIFT = 1099511627776
+local CHUNK = 1000  -- keys per batched command: well inside the stack that unpack() may fill
 
 local function next_seq()
   return redis.call('HINCRBY', K_META, 'seq', 1) % SHIFT
 end
 
 -- Make a stored message ready: at the back of its priority, or at the front when it returns unprocessed.
-local function make_ready(id, front)
-  local p = tonumber(redis.call('HGET', K_PRI, id) or '0') or 0
+-- p: its priority when the caller knows it (else it is read from .pri).
+local function make_ready(id, front, p)
+  p = p or tonumber(redis.call('HGET', K_PRI, id) or '0') or 0
   if p > 0 then
     local score = -p * SHIFT
     if not front then score = score + next_seq() end
@@ -62,10 +65,11 @@ local function make_ready(id, front)
   end
 end
 
-local function forget(id)
-  redis.call('HDEL', K_MSGS, id)
-  redis.call('HDEL', K_PRI, id)
-  redis.call('HDEL', K_DELIV, id)
+-- Drop what is stored about the keys in ids (at most CHUNK of them).
+local function forget(ids)
+  redis.call('HDEL', K_MSGS, unpack(ids))
+  redis.call('HDEL', K_PRI, unpack(ids))
+  redis.call('HDEL', K_DELIV, unpack(ids))
 end
 
 local function dead_letter(id, payload, why, now, ttl)
@@ -74,7 +78,7 @@ local function dead_letter(id, payload, why, now, ttl)
   redis.call('ZADD', K_DEAD, now, key)
   redis.call('HSET', K_DEADMSGS, key, payload)
   if why and why ~= '' then redis.call('HSET', K_DEADWHY, key, why) end
-  forget(id)
+  forget({id})
   local old = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - ttl, 'LIMIT', 0, 100)
   for _, k in ipairs(old) do
     redis.call('ZREM', K_DEAD, k)
@@ -112,19 +116,33 @@ end
 ENQUEUE = _COMMON + r"""
 local moved = quarantine()
 local now = tonumber(ARGV[1])
+-- Keys ready at priority 0 go onto the list in one RPUSH, in order; pushed before any
+-- other kind of make_ready, which looks at the list's length.
+local pending = {}
+local function push_pending()
+  if #pending > 0 then
+    redis.call('RPUSH', K_QUEUE, unpack(pending))
+    pending = {}
+  end
+end
 for i = 2, #ARGV, 4 do
-  local id, payload, p, eta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local id, payload, p, eta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, tonumber(ARGV[i + 3])
   if redis.call('HSETNX', K_MSGS, id, payload) == 0 then
     id = id .. '.' .. next_seq()
     redis.call('HSET', K_MSGS, id, payload)
   end
-  if p and p > 0 then redis.call('HSET', K_PRI, id, p) end
+  if p > 0 then redis.call('HSET', K_PRI, id, p) end
   if eta and eta > now then
     redis.call('ZADD', K_DELAYED, eta, id)
+  elseif p > 0 then
+    push_pending()
+    make_ready(id, false, p)
   else
-    make_ready(id, false)
+    table.insert(pending, id)
+    if #pending >= CHUNK then push_pending() end
   end
 end
+push_pending()
 return moved
 """
 
@@ -146,7 +164,7 @@ for _, gone in ipairs(redis.call('ZRANGEBYSCORE', K_HB, '-inf', rnow - hb_timeou
   for _, id in ipairs(redis.call('SMEMBERS', hk)) do
     local payload = redis.call('HGET', K_MSGS, id)
     if payload then
-      local n = tonumber(redis.call('HGET', K_DELIV, id) or '0') or 0
+      local n = redis.call('HINCRBY', K_DELIV, id, 1)  -- one more delivery lost with its consumer
       if n >= max_deliveries then
         dead_letter(id, payload, 'MaxDeliveriesExceeded: delivered ' .. n ..
           ' times and its worker died each time (heartbeat lost)', now, ttl)
@@ -167,39 +185,58 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT',
   make_ready(id, false)
 end
 
-local taken, missing, got = {}, {}, 0
-local function take(id)
-  local payload = redis.call('HGET', K_MSGS, id)
-  if not payload then
-    if string.sub(id, 1, 1) == '{' then
-      dead_letter('pushed-' .. next_seq(), id, 'DecodeError: the queue list holds a payload instead of a ' ..
-        'message key (HSET the payload into .msgs, then RPUSH its key)', now, ttl)
+-- Take keys (popped from .prio or .queue) for this consumer, CHUNK at a time: a few commands per
+-- batch, not per message. Returns how many were taken.
+local taken, missing = {}, {}
+local function take(ids)
+  local got = 0
+  for s = 1, #ids, CHUNK do
+    local e = math.min(s + CHUNK - 1, #ids)
+    local payloads = redis.call('HMGET', K_MSGS, unpack(ids, s, e))
+    local lost = redis.call('HMGET', K_DELIV, unpack(ids, s, e))
+    local held = {}
+    for i = s, e do
+      local id, payload = ids[i], payloads[i - s + 1]
+      if payload then
+        table.insert(held, id)
+        table.insert(taken, id)
+        table.insert(taken, payload)
+        table.insert(taken, (tonumber(lost[i - s + 1]) or 0) + 1)  -- this delivery's number
+      else
+        if string.sub(id, 1, 1) == '{' then
+          dead_letter('pushed-' .. next_seq(), id, 'DecodeError: the queue list holds a payload instead of a ' ..
+            'message key (HSET the payload into .msgs, then RPUSH its key)', now, ttl)
+        end
+        table.insert(missing, id)
+      end
     end
-    table.insert(missing, id)
-    return
+    if #held > 0 then redis.call('SADD', K_HELD, unpack(held)) end
+    got = got + #held
   end
-  redis.call('SADD', K_HELD, id)
-  local n = redis.call('HINCRBY', K_DELIV, id, 1)
-  table.insert(taken, id)
-  table.insert(taken, payload)
-  table.insert(taken, n)
-  got = got + 1
+  return got
 end
 
+local got = 0
 if count > 0 then
-  local popped = redis.call('ZPOPMIN', K_PRIO, count)
-  for i = 1, #popped, 2 do take(popped[i]) end
+  local popped, ids = redis.call('ZPOPMIN', K_PRIO, count), {}
+  for i = 1, #popped, 2 do table.insert(ids, popped[i]) end
+  got = take(ids)
 end
-local budget = count + 100
+local budget = count + 100  -- pops, wake-up tokens and missing keys included
 while got < count and budget > 0 do
-  local id = redis.call('LPOP', K_QUEUE)
-  if not id then break end
-  budget = budget - 1
-  if id == '' then
-    if redis.call('HINCRBY', K_META, 'tokens', -1) < 0 then redis.call('HSET', K_META, 'tokens', 0) end
-  else
-    take(id)
+  local want = math.min(count - got, budget, CHUNK)
+  local popped = redis.call('LPOP', K_QUEUE, want)
+  if not popped then break end
+  budget = budget - #popped
+  local ids, tokens = {}, 0
+  for _, id in ipairs(popped) do
+    if id == '' then tokens = tokens + 1 else table.insert(ids, id) end
   end
+  if tokens > 0 and redis.call('HINCRBY', K_META, 'tokens', -tokens) < 0 then
+    redis.call('HSET', K_META, 'tokens', 0)
+  end
+  got = got + take(ids)
+  if #popped < want then break end
 end
 
 local next_eta = false
@@ -212,10 +249,16 @@ return {taken, missing, moved, reaped, exhausted, next_eta}
 ACK = _COMMON + r"""
 local K_HELD = KEYS[12]
 local n = 0
-for i = 1, #ARGV do
-  if redis.call('SREM', K_HELD, ARGV[i]) == 1 then
-    forget(ARGV[i])
-    n = n + 1
+for s = 1, #ARGV, CHUNK do
+  local e = math.min(s + CHUNK - 1, #ARGV)
+  local flags = redis.call('SMISMEMBER', K_HELD, unpack(ARGV, s, e))
+  local mine = {}
+  for i = s, e do
+    if flags[i - s + 1] == 1 then table.insert(mine, ARGV[i]) end
+  end
+  if #mine > 0 then
+    n = n + redis.call('SREM', K_HELD, unpack(mine))
+    forget(mine)
   end
 end
 return n
@@ -249,8 +292,7 @@ local n = 0
 for i = #ids, 1, -1 do
   local id = ids[i]
   if redis.call('SREM', K_HELD, id) == 1 and redis.call('HEXISTS', K_MSGS, id) == 1 then
-    if redis.call('HINCRBY', K_DELIV, id, -1) <= 0 then redis.call('HDEL', K_DELIV, id) end
-    make_ready(id, true)
+    make_ready(id, true)  -- as if never fetched: a delivery given back is not a lost one
     n = n + 1
   end
 end

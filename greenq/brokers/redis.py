@@ -19,6 +19,11 @@ calls (sends, acks, dead letters) go over a ``ScriptLane`` of at most
 ``max_connections`` connections (see ``_redis_lane``), its other commands over
 the client's ``BlockingConnectionPool`` of the same size, so hundreds of
 greenlets sending at once wait for a connection instead of opening hundreds.
+Inside Redis, whose one thread every worker shares, a fetch or an ack runs a
+few commands per batch of up to 1000 messages rather than a few per message;
+what remains per message is storing its payload and the script's own loop.
+
+Needs Redis 6.2 or newer (``BLMOVE``, ``LPOP`` with a count, ``SMISMEMBER``).
 
 Redis Cluster works: pass ``client=redis.cluster.RedisCluster(...)``. Each
 queue's keys carry the hash tag ``{namespace:queue}`` and live in one slot.
