@@ -891,20 +891,17 @@ class _SqliteConsumer(Consumer):
             f"SELECT id FROM greenq_messages WHERE id IN ({marks}) AND state = 2 AND owner = ? AND consumer = ?",
             (*ids, self.owner, self.id))}
 
-    def _settle(self, messages, verb, apply):
-        """Run ``apply(conn, held_messages)`` on each chunk's still-held messages; warn about the rest."""
+    def _settle(self, messages, verb, settle_chunk):
+        """Run ``settle_chunk(conn, chunk)`` in one transaction per chunk of ``messages``; warn about the rest.
+
+        ``settle_chunk`` settles the rows of the chunk that this consumer still
+        holds and returns their receipts. Returns how many were settled.
+        """
         lost = []
         for start in range(0, len(messages), _CHUNK):
             chunk = messages[start:start + _CHUNK]
-
-            def settle(conn):
-                held = self._held(conn, [m.receipt for m in chunk])
-                mine = [m for m in chunk if m.receipt in held]
-                if mine:
-                    apply(conn, mine)
-                return [m for m in chunk if m.receipt not in held]
-
-            lost += self.broker.db.write(settle)
+            settled = self.broker.db.write(lambda conn, chunk=chunk: settle_chunk(conn, chunk))
+            lost += [m for m in chunk if m.receipt not in settled]
         if lost:
             logger.warning(
                 "Did not %s %d message(s) on queue %r (%s): consumer %s no longer holds them; its heartbeat or "
@@ -912,11 +909,28 @@ class _SqliteConsumer(Consumer):
                 verb, len(lost), self.queue_name, ", ".join(str(m.message_id) for m in lost[:10]), self.id)
         return len(messages) - len(lost)
 
+    def _held_then(self, apply):
+        """A ``settle_chunk`` that finds the rows still held, then runs ``apply(conn, held_messages)``."""
+        def settle_chunk(conn, chunk):
+            held = self._held(conn, [m.receipt for m in chunk])
+            mine = [m for m in chunk if m.receipt in held]
+            if mine:
+                apply(conn, mine)
+            return held
+
+        return settle_chunk
+
     def ack(self, messages):
-        def delete(conn, mine):
+        def delete_held(conn, chunk):  # the check and the delete in one statement
+            marks = ",".join("?" * len(chunk))
+            return {row[0] for row in conn.execute(
+                f"DELETE FROM greenq_messages WHERE id IN ({marks}) AND state = 2 AND owner = ? AND consumer = ?"
+                " RETURNING id", (*(m.receipt for m in chunk), self.owner, self.id))}
+
+        def delete(conn, mine):  # pragma: no cover - SQLite < 3.35
             conn.executemany("DELETE FROM greenq_messages WHERE id = ?", [(m.receipt,) for m in mine])
 
-        self._settle(list(messages), "ack", delete)
+        self._settle(list(messages), "ack", delete_held if HAS_RETURNING else self._held_then(delete))
 
     def nack(self, messages):
         self._bury([(m.receipt, m.to_message()) for m in messages])
@@ -934,14 +948,14 @@ class _SqliteConsumer(Consumer):
                              [(self.queue_name, r.priority, r.message_id, now, r.payload) for r in mine])
             broker._purge_expired(conn, now)
 
-        self._settle(rows, "dead-letter", bury)
+        self._settle(rows, "dead-letter", self._held_then(bury))
 
     def requeue(self, messages):
         def give_back(conn, mine):
             conn.executemany("UPDATE greenq_messages SET state = 0, owner = NULL, consumer = NULL,"
                              " deliveries = max(deliveries - 1, 0) WHERE id = ?", [(m.receipt,) for m in mine])
 
-        if self._settle(list(messages), "requeue", give_back):
+        if self._settle(list(messages), "requeue", self._held_then(give_back)):
             self.broker._notify()
 
     def close(self):
