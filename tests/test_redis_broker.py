@@ -502,6 +502,9 @@ def test_bad_input_is_logged_and_set_aside_never_a_crash(make, raw, namespace, q
     broker.declare_queue(queue_name)
     prefix = "{%s:%s}" % (namespace, queue_name)
     raw.set(f"{prefix}.delayed", "someone else's value")  # a key of ours holding a foreign type
+    # two more, which a fetch first touches midway, after its first writes (dead-lettering the pushed payload)
+    raw.set(f"{prefix}.dead", "someone else's value")
+    raw.rpush(f"{prefix}.meta", "someone else's list")
     raw.rpush(f"{prefix}.queue", "id-without-payload")
     raw.rpush(f"{prefix}.queue", json.dumps({"pushed": "a payload instead of an id"}))
     raw.hset(f"{prefix}.msgs", "not-wire-format", "[1, 2, 3]")
@@ -512,11 +515,12 @@ def test_bad_input_is_logged_and_set_aside_never_a_crash(make, raw, namespace, q
     assert [m.message_id for m in got] == [good.message_id]
     consumer.ack(got)
     assert raw.type(f"{prefix}.delayed.invalid") == b"string"
+    assert raw.type(f"{prefix}.dead.invalid") == b"string" and raw.type(f"{prefix}.meta.invalid") == b"list"
     failures = sorted(m.options["failure"] for m in broker.dead_letters_of(queue_name))
     assert len(failures) == 2 and all(f.startswith("DecodeError") for f in failures), failures
     text = caplog.text
-    assert "id-without-payload" in text and ".delayed.invalid" in text
-    raw.delete(f"{prefix}.delayed.invalid")
+    assert "id-without-payload" in text and ".delayed.invalid" in text and ".meta.invalid" in text
+    raw.delete(f"{prefix}.delayed.invalid", f"{prefix}.dead.invalid", f"{prefix}.meta.invalid")
     consumer.close()
 
 

@@ -42,37 +42,66 @@ local K_MSGS, K_QUEUE, K_PRIO, K_DELAYED, K_PRI, K_DELIV, K_HB, K_DEAD, K_DEADMS
 local SHIFT = 1099511627776
 local CHUNK = 1000  -- keys per batched command: well inside the stack that unpack() may fill
 
+-- A key of ours holding another type (someone else's value) is renamed to <key>.invalid, not
+-- crashed on: a command failing midway would leave the script's earlier writes done and the rest
+-- not. The scripts that take in messages (enqueue, fetch, counts) call check_types() first; from
+-- then on own(key) looks at a key once, before the script's first command on it, so a call pays
+-- one TYPE per key it uses, not one per key of the queue. moved lists the renamed keys and their
+-- types, for the caller to log. In the other scripts own(key) is just key.
+local moved, checked, expect = {}, nil, nil
+local function check_types()
+  checked = {}
+  expect = {[K_MSGS] = 'hash', [K_QUEUE] = 'list', [K_PRIO] = 'zset', [K_DELAYED] = 'zset', [K_PRI] = 'hash',
+    [K_DELIV] = 'hash', [K_HB] = 'zset', [K_DEAD] = 'zset', [K_DEADMSGS] = 'hash', [K_DEADWHY] = 'hash',
+    [K_META] = 'hash'}
+end
+local function own(key)
+  if checked and not checked[key] then
+    checked[key] = true
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'none' and t ~= expect[key] then
+      redis.call('RENAME', key, key .. '.invalid')
+      table.insert(moved, key)
+      table.insert(moved, t)
+    end
+  end
+  return key
+end
+
 local function next_seq()
-  return redis.call('HINCRBY', K_META, 'seq', 1) % SHIFT
+  return redis.call('HINCRBY', own(K_META), 'seq', 1) % SHIFT
 end
 
 -- Make a stored message ready: at the back of its priority, or at the front when it returns unprocessed.
 -- p: its priority when the caller knows it (else it is read from .pri).
 local function make_ready(id, front, p)
-  p = p or tonumber(redis.call('HGET', K_PRI, id) or '0') or 0
+  p = p or tonumber(redis.call('HGET', own(K_PRI), id) or '0') or 0
   if p > 0 then
     local score = -p * SHIFT
     if not front then score = score + next_seq() end
-    redis.call('ZADD', K_PRIO, score, id)
-    if redis.call('LLEN', K_QUEUE) == 0 then
+    redis.call('ZADD', own(K_PRIO), score, id)
+    if redis.call('LLEN', own(K_QUEUE)) == 0 then
       redis.call('RPUSH', K_QUEUE, '')
-      redis.call('HINCRBY', K_META, 'tokens', 1)
+      redis.call('HINCRBY', own(K_META), 'tokens', 1)
     end
   elseif front then
-    redis.call('LPUSH', K_QUEUE, id)
+    redis.call('LPUSH', own(K_QUEUE), id)
   else
-    redis.call('RPUSH', K_QUEUE, id)
+    redis.call('RPUSH', own(K_QUEUE), id)
   end
 end
 
 -- Drop what is stored about the keys in ids (at most CHUNK of them).
 local function forget(ids)
-  redis.call('HDEL', K_MSGS, unpack(ids))
-  redis.call('HDEL', K_PRI, unpack(ids))
-  redis.call('HDEL', K_DELIV, unpack(ids))
+  redis.call('HDEL', own(K_MSGS), unpack(ids))
+  redis.call('HDEL', own(K_PRI), unpack(ids))
+  redis.call('HDEL', own(K_DELIV), unpack(ids))
 end
 
 local function dead_letter(id, payload, why, now, ttl)
+  own(K_DEAD)
+  own(K_DEADMSGS)
+  own(K_DEADWHY)
   local key = id
   if redis.call('ZSCORE', K_DEAD, key) then key = id .. '.' .. next_seq() end
   redis.call('ZADD', K_DEAD, now, key)
@@ -90,22 +119,6 @@ local function dead_letter(id, payload, why, now, ttl)
   redis.call('PEXPIRE', K_DEADWHY, ttl)
 end
 
--- A key of ours holding another type (someone else's value) is renamed to <key>.invalid, not crashed on.
-local EXPECT = {{K_MSGS, 'hash'}, {K_QUEUE, 'list'}, {K_PRIO, 'zset'}, {K_DELAYED, 'zset'}, {K_PRI, 'hash'},
-  {K_DELIV, 'hash'}, {K_HB, 'zset'}, {K_DEAD, 'zset'}, {K_DEADMSGS, 'hash'}, {K_DEADWHY, 'hash'}, {K_META, 'hash'}}
-local function quarantine()
-  local moved = {}
-  for _, e in ipairs(EXPECT) do
-    local t = redis.call('TYPE', e[1])['ok']
-    if t ~= 'none' and t ~= e[2] then
-      redis.call('RENAME', e[1], e[1] .. '.invalid')
-      table.insert(moved, e[1])
-      table.insert(moved, t)
-    end
-  end
-  return moved
-end
-
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -114,26 +127,26 @@ end
 
 # ARGV: now_ms, then (key, payload, priority, eta or "") per message. Returns quarantined keys.
 ENQUEUE = _COMMON + r"""
-local moved = quarantine()
+check_types()
 local now = tonumber(ARGV[1])
 -- Keys ready at priority 0 go onto the list in one RPUSH, in order; pushed before any
 -- other kind of make_ready, which looks at the list's length.
 local pending = {}
 local function push_pending()
   if #pending > 0 then
-    redis.call('RPUSH', K_QUEUE, unpack(pending))
+    redis.call('RPUSH', own(K_QUEUE), unpack(pending))
     pending = {}
   end
 end
 for i = 2, #ARGV, 4 do
   local id, payload, p, eta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, tonumber(ARGV[i + 3])
-  if redis.call('HSETNX', K_MSGS, id, payload) == 0 then
+  if redis.call('HSETNX', own(K_MSGS), id, payload) == 0 then
     id = id .. '.' .. next_seq()
     redis.call('HSET', K_MSGS, id, payload)
   end
-  if p > 0 then redis.call('HSET', K_PRI, id, p) end
+  if p > 0 then redis.call('HSET', own(K_PRI), id, p) end
   if eta and eta > now then
-    redis.call('ZADD', K_DELAYED, eta, id)
+    redis.call('ZADD', own(K_DELAYED), eta, id)
   elseif p > 0 then
     push_pending()
     make_ready(id, false, p)
@@ -153,18 +166,18 @@ FETCH = _COMMON + r"""
 local K_HELD = KEYS[12]
 local now, count, cid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_deliveries, ttl, hb_timeout, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local moved = quarantine()
+check_types()
 local rnow = server_ms()
-redis.call('ZADD', K_HB, rnow, cid)
+redis.call('ZADD', own(K_HB), rnow, cid)
 
 -- The reaper: consumers silent for longer than the heartbeat timeout give back what they held.
 local reaped, exhausted = 0, {}
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', K_HB, '-inf', rnow - hb_timeout, 'LIMIT', 0, 10)) do
   local hk = prefix .. '.held.' .. gone
   for _, id in ipairs(redis.call('SMEMBERS', hk)) do
-    local payload = redis.call('HGET', K_MSGS, id)
+    local payload = redis.call('HGET', own(K_MSGS), id)
     if payload then
-      local n = redis.call('HINCRBY', K_DELIV, id, 1)  -- one more delivery lost with its consumer
+      local n = redis.call('HINCRBY', own(K_DELIV), id, 1)  -- one more delivery lost with its consumer
       if n >= max_deliveries then
         dead_letter(id, payload, 'MaxDeliveriesExceeded: delivered ' .. n ..
           ' times and its worker died each time (heartbeat lost)', now, ttl)
@@ -180,7 +193,7 @@ for _, gone in ipairs(redis.call('ZRANGEBYSCORE', K_HB, '-inf', rnow - hb_timeou
 end
 
 -- Promote due delayed messages, at most a bounded batch per call.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, 1000)) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', own(K_DELAYED), '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', K_DELAYED, id)
   make_ready(id, false)
 end
@@ -192,8 +205,8 @@ local function take(ids)
   local got = 0
   for s = 1, #ids, CHUNK do
     local e = math.min(s + CHUNK - 1, #ids)
-    local payloads = redis.call('HMGET', K_MSGS, unpack(ids, s, e))
-    local lost = redis.call('HMGET', K_DELIV, unpack(ids, s, e))
+    local payloads = redis.call('HMGET', own(K_MSGS), unpack(ids, s, e))
+    local lost = redis.call('HMGET', own(K_DELIV), unpack(ids, s, e))
     local held = {}
     for i = s, e do
       local id, payload = ids[i], payloads[i - s + 1]
@@ -218,21 +231,21 @@ end
 
 local got = 0
 if count > 0 then
-  local popped, ids = redis.call('ZPOPMIN', K_PRIO, count), {}
+  local popped, ids = redis.call('ZPOPMIN', own(K_PRIO), count), {}
   for i = 1, #popped, 2 do table.insert(ids, popped[i]) end
   got = take(ids)
 end
 local budget = count + 100  -- pops, wake-up tokens and missing keys included
 while got < count and budget > 0 do
   local want = math.min(count - got, budget, CHUNK)
-  local popped = redis.call('LPOP', K_QUEUE, want)
+  local popped = redis.call('LPOP', own(K_QUEUE), want)
   if not popped then break end
   budget = budget - #popped
   local ids, tokens = {}, 0
   for _, id in ipairs(popped) do
     if id == '' then tokens = tokens + 1 else table.insert(ids, id) end
   end
-  if tokens > 0 and redis.call('HINCRBY', K_META, 'tokens', -tokens) < 0 then
+  if tokens > 0 and redis.call('HINCRBY', own(K_META), 'tokens', -tokens) < 0 then
     redis.call('HSET', K_META, 'tokens', 0)
   end
   got = got + take(ids)
@@ -240,7 +253,7 @@ while got < count and budget > 0 do
 end
 
 local next_eta = false
-local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', own(K_DELAYED), 0, 0, 'WITHSCORES')
 if first[2] then next_eta = first[2] end
 return {taken, missing, moved, reaped, exhausted, next_eta}
 """
@@ -352,22 +365,22 @@ return 1
 
 # ARGV: key prefix, now_ms, dead_ttl. Returns {ready, delayed, in_flight, dead}.
 COUNTS = _COMMON + r"""
-local moved = quarantine()
+check_types()
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-local old = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - ttl, 'LIMIT', 0, 1000)
+local old = redis.call('ZRANGEBYSCORE', own(K_DEAD), '-inf', now - ttl, 'LIMIT', 0, 1000)
 for _, k in ipairs(old) do
   redis.call('ZREM', K_DEAD, k)
-  redis.call('HDEL', K_DEADMSGS, k)
-  redis.call('HDEL', K_DEADWHY, k)
+  redis.call('HDEL', own(K_DEADMSGS), k)
+  redis.call('HDEL', own(K_DEADWHY), k)
 end
-local tokens = tonumber(redis.call('HGET', K_META, 'tokens') or '0') or 0
-local ready = redis.call('ZCARD', K_PRIO) + redis.call('LLEN', K_QUEUE) - tokens
+local tokens = tonumber(redis.call('HGET', own(K_META), 'tokens') or '0') or 0
+local ready = redis.call('ZCARD', own(K_PRIO)) + redis.call('LLEN', own(K_QUEUE)) - tokens
 if ready < 0 then ready = 0 end
 local held = 0
-for _, cid in ipairs(redis.call('ZRANGE', K_HB, 0, -1)) do
+for _, cid in ipairs(redis.call('ZRANGE', own(K_HB), 0, -1)) do
   held = held + redis.call('SCARD', ARGV[1] .. '.held.' .. cid)
 end
-return {ready, redis.call('ZCARD', K_DELAYED), held, redis.call('ZCARD', K_DEAD)}
+return {ready, redis.call('ZCARD', own(K_DELAYED)), held, redis.call('ZCARD', K_DEAD)}
 """
 
 SCRIPTS = {
