@@ -524,6 +524,33 @@ def test_bad_input_is_logged_and_set_aside_never_a_crash(make, raw, namespace, q
     consumer.close()
 
 
+def test_a_send_moves_aside_a_foreign_value_in_the_keys_it_writes(make, raw, namespace, queue_name, caplog):
+    """The payload hash is written first, then the list: a foreign list key must not leave the payload
+    stored and the message nowhere (a send that fails halfway, or an orphan in .msgs)."""
+    broker = make()
+    prefix = "{%s:%s}" % (namespace, queue_name)
+    raw.set(f"{prefix}.queue", "someone else's value")
+    raw.rpush(f"{prefix}.pri", "someone else's list")
+
+    @greenq.actor(queue_name=queue_name, broker=broker, priority=5)
+    def urgent_job():
+        pass
+
+    with caplog.at_level("WARNING", logger="greenq.brokers.redis"):
+        plain = broker.enqueue(message_for(queue_name, args=(1,)))
+        urgent = broker.enqueue(message_for(queue_name, actor_name="urgent_job"))
+    assert raw.type(f"{prefix}.queue.invalid") == b"string" and raw.type(f"{prefix}.pri.invalid") == b"list"
+    assert ".queue.invalid" in caplog.text and ".pri.invalid" in caplog.text
+    consumer = broker.consume(queue_name)
+    got = fetch_all(consumer, 2)
+    assert [m.message_id for m in got] == [urgent.message_id, plain.message_id]
+    consumer.ack(got)
+    assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+    assert not raw.exists(f"{prefix}.msgs")
+    raw.delete(f"{prefix}.queue.invalid", f"{prefix}.pri.invalid")
+    consumer.close()
+
+
 def test_unreachable_redis_raises_greenq_connection_error_without_password(queue_name):
     from greenq.brokers.redis import RedisBroker
 

@@ -44,28 +44,43 @@ local CHUNK = 1000  -- keys per batched command: well inside the stack that unpa
 
 -- A key of ours holding another type (someone else's value) is renamed to <key>.invalid, not
 -- crashed on: a command failing midway would leave the script's earlier writes done and the rest
--- not. The scripts that take in messages (enqueue, fetch, counts) call check_types() first; from
--- then on own(key) looks at a key once, before the script's first command on it, so a call pays
--- one TYPE per key it uses, not one per key of the queue. moved lists the renamed keys and their
--- types, for the caller to log. In the other scripts own(key) is just key.
-local moved, checked, expect = {}, nil, nil
+-- not. The scripts that take in messages (enqueue, fetch, counts) call check_types() first. Their
+-- hot path runs its commands through rcall(), which tries the command and, only if Redis answers
+-- WRONGTYPE (the command did nothing), moves the key aside and runs it again: no TYPE at all while
+-- the keys are sound. Rarer paths call own(key) before their first command on a key, which looks
+-- at its type once. moved lists the renamed keys and their types, for the caller to log. In the
+-- other scripts both are plain: own(key) is key, rcall() is redis.call().
+local moved, checked = {}, nil
 local function check_types()
   checked = {}
-  expect = {[K_MSGS] = 'hash', [K_QUEUE] = 'list', [K_PRIO] = 'zset', [K_DELAYED] = 'zset', [K_PRI] = 'hash',
+end
+local function quarantine(key)
+  checked[key] = true
+  local t = redis.call('TYPE', key)['ok']
+  local expect = {[K_MSGS] = 'hash', [K_QUEUE] = 'list', [K_PRIO] = 'zset', [K_DELAYED] = 'zset', [K_PRI] = 'hash',
     [K_DELIV] = 'hash', [K_HB] = 'zset', [K_DEAD] = 'zset', [K_DEADMSGS] = 'hash', [K_DEADWHY] = 'hash',
     [K_META] = 'hash'}
+  if t ~= 'none' and t ~= expect[key] then
+    redis.call('RENAME', key, key .. '.invalid')
+    table.insert(moved, key)
+    table.insert(moved, t)
+  end
 end
 local function own(key)
-  if checked and not checked[key] then
-    checked[key] = true
-    local t = redis.call('TYPE', key)['ok']
-    if t ~= 'none' and t ~= expect[key] then
-      redis.call('RENAME', key, key .. '.invalid')
-      table.insert(moved, key)
-      table.insert(moved, t)
-    end
-  end
+  if checked and not checked[key] then quarantine(key) end
   return key
+end
+-- For commands that work on one type only: one that succeeds shows the key is sound (or absent).
+local function rcall(cmd, key, ...)
+  if not checked or checked[key] then return redis.call(cmd, key, ...) end
+  local reply = redis.pcall(cmd, key, ...)
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'WRONGTYPE', 1, true) then error(reply) end
+    quarantine(key)
+    return redis.call(cmd, key, ...)
+  end
+  checked[key] = true
+  return reply
 end
 
 local function next_seq()
@@ -134,19 +149,19 @@ local now = tonumber(ARGV[1])
 local pending = {}
 local function push_pending()
   if #pending > 0 then
-    redis.call('RPUSH', own(K_QUEUE), unpack(pending))
+    rcall('RPUSH', K_QUEUE, unpack(pending))
     pending = {}
   end
 end
 for i = 2, #ARGV, 4 do
   local id, payload, p, eta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, tonumber(ARGV[i + 3])
-  if redis.call('HSETNX', own(K_MSGS), id, payload) == 0 then
+  if rcall('HSETNX', K_MSGS, id, payload) == 0 then
     id = id .. '.' .. next_seq()
     redis.call('HSET', K_MSGS, id, payload)
   end
-  if p > 0 then redis.call('HSET', own(K_PRI), id, p) end
+  if p > 0 then rcall('HSET', K_PRI, id, p) end
   if eta and eta > now then
-    redis.call('ZADD', own(K_DELAYED), eta, id)
+    rcall('ZADD', K_DELAYED, eta, id)
   elseif p > 0 then
     push_pending()
     make_ready(id, false, p)
@@ -168,7 +183,7 @@ local now, count, cid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_deliveries, ttl, hb_timeout, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 check_types()
 local rnow = server_ms()
-redis.call('ZADD', own(K_HB), rnow, cid)
+rcall('ZADD', K_HB, rnow, cid)
 
 -- The reaper: consumers silent for longer than the heartbeat timeout give back what they held.
 local reaped, exhausted = 0, {}
@@ -193,7 +208,7 @@ for _, gone in ipairs(redis.call('ZRANGEBYSCORE', K_HB, '-inf', rnow - hb_timeou
 end
 
 -- Promote due delayed messages, at most a bounded batch per call.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', own(K_DELAYED), '-inf', now, 'LIMIT', 0, 1000)) do
+for _, id in ipairs(rcall('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', K_DELAYED, id)
   make_ready(id, false)
 end
@@ -205,8 +220,8 @@ local function take(ids)
   local got = 0
   for s = 1, #ids, CHUNK do
     local e = math.min(s + CHUNK - 1, #ids)
-    local payloads = redis.call('HMGET', own(K_MSGS), unpack(ids, s, e))
-    local lost = redis.call('HMGET', own(K_DELIV), unpack(ids, s, e))
+    local payloads = rcall('HMGET', K_MSGS, unpack(ids, s, e))
+    local lost = rcall('HMGET', K_DELIV, unpack(ids, s, e))
     local held = {}
     for i = s, e do
       local id, payload = ids[i], payloads[i - s + 1]
@@ -231,21 +246,21 @@ end
 
 local got = 0
 if count > 0 then
-  local popped, ids = redis.call('ZPOPMIN', own(K_PRIO), count), {}
+  local popped, ids = rcall('ZPOPMIN', K_PRIO, count), {}
   for i = 1, #popped, 2 do table.insert(ids, popped[i]) end
   got = take(ids)
 end
 local budget = count + 100  -- pops, wake-up tokens and missing keys included
 while got < count and budget > 0 do
   local want = math.min(count - got, budget, CHUNK)
-  local popped = redis.call('LPOP', own(K_QUEUE), want)
+  local popped = rcall('LPOP', K_QUEUE, want)
   if not popped then break end
   budget = budget - #popped
   local ids, tokens = {}, 0
   for _, id in ipairs(popped) do
     if id == '' then tokens = tokens + 1 else table.insert(ids, id) end
   end
-  if tokens > 0 and redis.call('HINCRBY', own(K_META), 'tokens', -tokens) < 0 then
+  if tokens > 0 and rcall('HINCRBY', K_META, 'tokens', -tokens) < 0 then
     redis.call('HSET', K_META, 'tokens', 0)
   end
   got = got + take(ids)
@@ -253,7 +268,7 @@ while got < count and budget > 0 do
 end
 
 local next_eta = false
-local first = redis.call('ZRANGE', own(K_DELAYED), 0, 0, 'WITHSCORES')
+local first = rcall('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
 if first[2] then next_eta = first[2] end
 return {taken, missing, moved, reaped, exhausted, next_eta}
 """
