@@ -36,12 +36,16 @@ a blocked consumer hears of it.
 QUEUE_KEYS = ("msgs", "queue", "prio", "delayed", "pri", "deliveries", "heartbeats",
               "dead", "dead.msgs", "dead.why", "meta")
 
-_COMMON = r"""
+# The scripts' shared Lua, in pieces: each script is built from the pieces it uses, since Redis
+# runs the whole text of a script, defining every helper in it again, on each call.
+_KEYS = r"""
 local K_MSGS, K_QUEUE, K_PRIO, K_DELAYED, K_PRI, K_DELIV, K_HB, K_DEAD, K_DEADMSGS, K_DEADWHY, K_META =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local SHIFT = 1099511627776
 local CHUNK = 1000  -- keys per batched command: well inside the stack that unpack() may fill
+"""
 
+_TYPES = r"""
 -- A key of ours holding another type (someone else's value) is renamed to <key>.invalid, not
 -- crashed on: a command failing midway would leave the script's earlier writes done and the rest
 -- not. The scripts that take in messages (enqueue, fetch, counts) call check_types() first. Their
@@ -82,7 +86,10 @@ local function rcall(cmd, key, ...)
   checked[key] = true
   return reply
 end
+"""
 
+# next_seq() and make_ready(); they need _TYPES.
+_READY = r"""
 local function next_seq()
   return redis.call('HINCRBY', own(K_META), 'seq', 1) % SHIFT
 end
@@ -105,14 +112,20 @@ local function make_ready(id, front, p)
     redis.call('RPUSH', own(K_QUEUE), id)
   end
 end
+"""
 
+# forget(); it needs _TYPES.
+_FORGET = r"""
 -- Drop what is stored about the keys in ids (at most CHUNK of them).
 local function forget(ids)
   redis.call('HDEL', own(K_MSGS), unpack(ids))
   redis.call('HDEL', own(K_PRI), unpack(ids))
   redis.call('HDEL', own(K_DELIV), unpack(ids))
 end
+"""
 
+# dead_letter(); it needs _TYPES, _READY and _FORGET.
+_DEAD = r"""
 local function dead_letter(id, payload, why, now, ttl)
   own(K_DEAD)
   own(K_DEADMSGS)
@@ -133,7 +146,9 @@ local function dead_letter(id, payload, why, now, ttl)
   redis.call('PEXPIRE', K_DEADMSGS, ttl)
   redis.call('PEXPIRE', K_DEADWHY, ttl)
 end
+"""
 
+_TIME = r"""
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -141,7 +156,7 @@ end
 """
 
 # ARGV: now_ms, then (key, payload, priority, eta or "") per message. Returns quarantined keys.
-ENQUEUE = _COMMON + r"""
+ENQUEUE = _KEYS + _TYPES + _READY + r"""
 check_types()
 local now = tonumber(ARGV[1])
 -- Keys ready at priority 0 go onto the list in one RPUSH, in order; pushed before any
@@ -177,7 +192,7 @@ return moved
 # KEYS + held. ARGV: now_ms, count, cid, max_deliveries, dead_ttl, heartbeat_timeout, key prefix.
 # Returns {taken (key, payload, deliveries)*, missing keys, quarantined keys, reaped count,
 #          keys dead-lettered for too many deliveries, next eta or false}.
-FETCH = _COMMON + r"""
+FETCH = _KEYS + _TYPES + _READY + _FORGET + _DEAD + _TIME + r"""
 local K_HELD = KEYS[12]
 local now, count, cid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_deliveries, ttl, hb_timeout, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
@@ -274,7 +289,7 @@ return {taken, missing, moved, reaped, exhausted, next_eta}
 """
 
 # KEYS + held. ARGV: keys. Forgets the messages this consumer still held. Returns how many.
-ACK = _COMMON + r"""
+ACK = _KEYS + _TYPES + _FORGET + r"""
 local K_HELD = KEYS[12]
 local n = 0
 for s = 1, #ARGV, CHUNK do
@@ -293,7 +308,7 @@ return n
 """
 
 # KEYS + held. ARGV: now_ms, dead_ttl, then (key, payload, why or "") per message.
-NACK = _COMMON + r"""
+NACK = _KEYS + _TYPES + _READY + _FORGET + _DEAD + r"""
 local K_HELD = KEYS[12]
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = 0
@@ -308,7 +323,7 @@ return n
 
 # KEYS + held. ARGV: cid, "all" or "some", then keys. Returns messages to the front of the queue
 # as if never fetched; "all" also retires the consumer.
-REQUEUE = _COMMON + r"""
+REQUEUE = _KEYS + _TYPES + _READY + r"""
 local K_HELD = KEYS[12]
 local ids = {}
 if ARGV[2] == 'all' then
@@ -332,13 +347,13 @@ return n
 """
 
 # ARGV: cid. The heartbeat, in Redis server time so clocks of worker machines do not matter.
-HEARTBEAT = _COMMON + r"""
+HEARTBEAT = _KEYS + _TIME + r"""
 redis.call('ZADD', K_HB, server_ms(), ARGV[1])
 return 1
 """
 
 # ARGV: (dead key, priority) pairs. Moves dead letters back to ready. Returns how many moved.
-REQUEUE_DEAD = _COMMON + r"""
+REQUEUE_DEAD = _KEYS + _TYPES + _READY + r"""
 local n = 0
 for i = 1, #ARGV, 2 do
   local key, p = ARGV[i], tonumber(ARGV[i + 1])
@@ -361,14 +376,14 @@ end
 return n
 """
 
-PURGE_DEAD = _COMMON + r"""
+PURGE_DEAD = _KEYS + r"""
 local n = redis.call('ZCARD', K_DEAD)
 redis.call('DEL', K_DEAD, K_DEADMSGS, K_DEADWHY)
 return n
 """
 
 # ARGV: key prefix. Drops everything the queue holds, including what consumers hold.
-FLUSH = _COMMON + r"""
+FLUSH = _KEYS + r"""
 if redis.call('TYPE', K_HB)['ok'] == 'zset' then
   for _, cid in ipairs(redis.call('ZRANGE', K_HB, 0, -1)) do
     redis.call('DEL', ARGV[1] .. '.held.' .. cid)
@@ -379,7 +394,7 @@ return 1
 """
 
 # ARGV: key prefix, now_ms, dead_ttl. Returns {ready, delayed, in_flight, dead}.
-COUNTS = _COMMON + r"""
+COUNTS = _KEYS + _TYPES + r"""
 check_types()
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local old = redis.call('ZRANGEBYSCORE', own(K_DEAD), '-inf', now - ttl, 'LIMIT', 0, 1000)
