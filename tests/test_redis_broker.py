@@ -565,6 +565,29 @@ def test_unreachable_redis_raises_greenq_connection_error_without_password(queue
         broker.close()
 
 
+def test_a_redis_too_old_for_greenqs_commands_is_named_in_the_error(make, queue_name, monkeypatch):
+    """Redis before 6.2 lacks commands the scripts use; the error says which version is needed and found."""
+    import redis
+
+    from greenq.errors import BrokerError
+
+    broker = make()
+
+    def refuse(*args, **kwargs):  # what a Redis 6.0 answers to SMISMEMBER inside a script
+        raise redis.exceptions.ResponseError("Unknown Redis command called from Lua script")
+
+    monkeypatch.setattr(broker, "run", refuse)
+    real_info = broker.client.info
+    monkeypatch.setattr(broker.client, "info", lambda section=None: {"redis_version": "6.0.16"})
+    with pytest.raises(BrokerError) as old:
+        broker.enqueue(message_for(queue_name))
+    assert "needs Redis 6.2 or newer; this server reports version 6.0.16" in str(old.value)
+    monkeypatch.setattr(broker.client, "info", real_info)  # the real server, new enough: no such hint
+    with pytest.raises(BrokerError) as new:
+        broker.enqueue(message_for(queue_name))
+    assert "Unknown Redis command" in str(new.value) and "needs Redis" not in str(new.value)
+
+
 def test_broker_from_url_picks_redis():
     from greenq.brokers import broker_from_url
     from greenq.brokers.redis import RedisBroker

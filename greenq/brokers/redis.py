@@ -249,7 +249,25 @@ class RedisBroker(Broker):
                     detail = detail.replace(password, "***")
             raise GreenqConnectionError(f"cannot reach Redis at {self.where} while {action}: {detail}") from None
         except redis.exceptions.RedisError as e:
-            raise BrokerError(f"Redis at {self.where} refused {action}: {e}") from None
+            raise BrokerError(f"Redis at {self.where} refused {action}: {e}{self._too_old_hint(e)}") from None
+
+    #: The oldest Redis whose commands the scripts and consumers use (``BLMOVE``, ``LPOP`` with a count...).
+    MIN_REDIS_VERSION = (6, 2)
+
+    def _too_old_hint(self, error):
+        """When ``error`` looks like a command this server lacks, and it is older than greenq needs, say so."""
+        text = str(error).lower()
+        if not any(s in text for s in ("unknown command", "unknown redis command", "wrong number of arg")):
+            return ""
+        try:
+            version = str(self.client.info("server").get("redis_version", ""))
+            found = tuple(int(part) for part in version.split(".")[:2])
+        except Exception:  # a server that hides its version, or a second failure: keep the first error
+            return ""
+        if found >= self.MIN_REDIS_VERSION:
+            return ""
+        needed = ".".join(map(str, self.MIN_REDIS_VERSION))
+        return f" (greenq needs Redis {needed} or newer; this server reports version {version})"
 
     def run(self, name, queue_name, args=(), client=None, extra_keys=()):
         """Run one of the scripts on a queue's keys."""
