@@ -2,9 +2,11 @@
 
 A script runs atomically inside Redis, so a message is always in exactly one
 place: ready (the ``queue`` list or the ``prio`` sorted set), delayed, held by one
-consumer, or dead. Every script receives the queue's keys in the order of
-``QUEUE_KEYS`` (all sharing the ``{namespace:queue}`` hash tag, hence one Redis
-Cluster slot); a consumer's ``held`` set comes last where a script needs it.
+consumer, or dead. Each script receives the queue's keys it uses, in the order
+``SCRIPT_KEYS`` gives (all sharing the ``{namespace:queue}`` hash tag, hence one
+Redis Cluster slot), then a consumer's ``held`` set where it needs one: Redis
+parses and copies every key of every call, so a send is not passed the dead
+letters' keys.
 
 Per queue ``{ns:q}``:
 
@@ -36,15 +38,49 @@ a blocked consumer hears of it.
 QUEUE_KEYS = ("msgs", "queue", "prio", "delayed", "pri", "deliveries", "heartbeats",
               "dead", "dead.msgs", "dead.why", "meta")
 
+#: Each queue key's Lua name and type.
+_LUA = {"msgs": ("K_MSGS", "hash"), "queue": ("K_QUEUE", "list"), "prio": ("K_PRIO", "zset"),
+        "delayed": ("K_DELAYED", "zset"), "pri": ("K_PRI", "hash"), "deliveries": ("K_DELIV", "hash"),
+        "heartbeats": ("K_HB", "zset"), "dead": ("K_DEAD", "zset"), "dead.msgs": ("K_DEADMSGS", "hash"),
+        "dead.why": ("K_DEADWHY", "hash"), "meta": ("K_META", "hash")}
+_DEAD_KEYS = ("dead", "dead.msgs", "dead.why")
+_READY_KEYS = ("pri", "prio", "queue", "meta")  # what make_ready() and next_seq() touch
+
+#: The queue keys each script is passed, in order; those with a ``held`` set get it after them.
+SCRIPT_KEYS = {
+    "enqueue": ("msgs", "delayed", *_READY_KEYS),
+    "fetch": QUEUE_KEYS,
+    "ack": ("msgs", "pri", "deliveries"),
+    "nack": ("msgs", "pri", "deliveries", "meta", *_DEAD_KEYS),
+    "requeue": ("msgs", "heartbeats", *_READY_KEYS),
+    "heartbeat": ("heartbeats",),
+    "requeue_dead": ("msgs", *_READY_KEYS, *_DEAD_KEYS),
+    "purge_dead": _DEAD_KEYS,
+    "flush": QUEUE_KEYS,
+    "counts": ("queue", "prio", "delayed", "heartbeats", "meta", *_DEAD_KEYS),
+}
+_HELD = {"fetch", "ack", "nack", "requeue"}
+
+
+def _keys(script):
+    """The Lua that names the keys ``script`` is passed, and ``expected(key)``, their types.
+
+    A script that touches a key it is not passed fails at once in Redis
+    ("nonexistent global variable"), so a missing one cannot go unnoticed.
+    """
+    names = SCRIPT_KEYS[script]
+    lines = [f"local {_LUA[name][0]} = KEYS[{i}]" for i, name in enumerate(names, 1)]
+    if script in _HELD:
+        lines.append(f"local K_HELD = KEYS[{len(names) + 1}]")
+    types = ", ".join(f"[{_LUA[name][0]}] = '{_LUA[name][1]}'" for name in names)
+    lines += [f"local function expected(key) return ({{{types}}})[key] end",
+              "local SHIFT = 1099511627776",
+              "local CHUNK = 1000  -- keys per batched command: well inside the stack that unpack() may fill"]
+    return "\n" + "\n".join(lines) + "\n"
+
+
 # The scripts' shared Lua, in pieces: each script is built from the pieces it uses, since Redis
 # runs the whole text of a script, defining every helper in it again, on each call.
-_KEYS = r"""
-local K_MSGS, K_QUEUE, K_PRIO, K_DELAYED, K_PRI, K_DELIV, K_HB, K_DEAD, K_DEADMSGS, K_DEADWHY, K_META =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local SHIFT = 1099511627776
-local CHUNK = 1000  -- keys per batched command: well inside the stack that unpack() may fill
-"""
-
 _TYPES = r"""
 -- A key of ours holding another type (someone else's value) is renamed to <key>.invalid, not
 -- crashed on: a command failing midway would leave the script's earlier writes done and the rest
@@ -61,10 +97,7 @@ end
 local function quarantine(key)
   checked[key] = true
   local t = redis.call('TYPE', key)['ok']
-  local expect = {[K_MSGS] = 'hash', [K_QUEUE] = 'list', [K_PRIO] = 'zset', [K_DELAYED] = 'zset', [K_PRI] = 'hash',
-    [K_DELIV] = 'hash', [K_HB] = 'zset', [K_DEAD] = 'zset', [K_DEADMSGS] = 'hash', [K_DEADWHY] = 'hash',
-    [K_META] = 'hash'}
-  if t ~= 'none' and t ~= expect[key] then
+  if t ~= 'none' and t ~= expected(key) then
     redis.call('RENAME', key, key .. '.invalid')
     table.insert(moved, key)
     table.insert(moved, t)
@@ -88,11 +121,15 @@ local function rcall(cmd, key, ...)
 end
 """
 
-# next_seq() and make_ready(); they need _TYPES.
-_READY = r"""
+# next_seq(); it needs _TYPES.
+_SEQ = r"""
 local function next_seq()
   return redis.call('HINCRBY', own(K_META), 'seq', 1) % SHIFT
 end
+"""
+
+# make_ready(); it needs _TYPES and _SEQ.
+_READY = r"""
 
 -- Make a stored message ready: at the back of its priority, or at the front when it returns unprocessed.
 -- p: its priority when the caller knows it (else it is read from .pri).
@@ -124,7 +161,7 @@ local function forget(ids)
 end
 """
 
-# dead_letter(); it needs _TYPES, _READY and _FORGET.
+# dead_letter(); it needs _TYPES, _SEQ and _FORGET.
 _DEAD = r"""
 local function dead_letter(id, payload, why, now, ttl)
   own(K_DEAD)
@@ -156,7 +193,7 @@ end
 """
 
 # ARGV: now_ms, then (key, payload, priority, eta or "") per message. Returns quarantined keys.
-ENQUEUE = _KEYS + _TYPES + _READY + r"""
+ENQUEUE = _keys("enqueue") + _TYPES + _SEQ + _READY + r"""
 check_types()
 local now = tonumber(ARGV[1])
 -- Keys ready at priority 0 go onto the list in one RPUSH, in order; pushed before any
@@ -192,8 +229,7 @@ return moved
 # KEYS + held. ARGV: now_ms, count, cid, max_deliveries, dead_ttl, heartbeat_timeout, key prefix.
 # Returns {taken (key, payload, deliveries)*, missing keys, quarantined keys, reaped count,
 #          keys dead-lettered for too many deliveries, next eta or false}.
-FETCH = _KEYS + _TYPES + _READY + _FORGET + _DEAD + _TIME + r"""
-local K_HELD = KEYS[12]
+FETCH = _keys("fetch") + _TYPES + _SEQ + _READY + _FORGET + _DEAD + _TIME + r"""
 local now, count, cid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_deliveries, ttl, hb_timeout, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 check_types()
@@ -289,8 +325,7 @@ return {taken, missing, moved, reaped, exhausted, next_eta}
 """
 
 # KEYS + held. ARGV: keys. Forgets the messages this consumer still held. Returns how many.
-ACK = _KEYS + _TYPES + _FORGET + r"""
-local K_HELD = KEYS[12]
+ACK = _keys("ack") + _TYPES + _FORGET + r"""
 local n = 0
 for s = 1, #ARGV, CHUNK do
   local e = math.min(s + CHUNK - 1, #ARGV)
@@ -308,8 +343,7 @@ return n
 """
 
 # KEYS + held. ARGV: now_ms, dead_ttl, then (key, payload, why or "") per message.
-NACK = _KEYS + _TYPES + _READY + _FORGET + _DEAD + r"""
-local K_HELD = KEYS[12]
+NACK = _keys("nack") + _TYPES + _SEQ + _FORGET + _DEAD + r"""
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = 0
 for i = 3, #ARGV, 3 do
@@ -323,8 +357,7 @@ return n
 
 # KEYS + held. ARGV: cid, "all" or "some", then keys. Returns messages to the front of the queue
 # as if never fetched; "all" also retires the consumer.
-REQUEUE = _KEYS + _TYPES + _READY + r"""
-local K_HELD = KEYS[12]
+REQUEUE = _keys("requeue") + _TYPES + _SEQ + _READY + r"""
 local ids = {}
 if ARGV[2] == 'all' then
   ids = redis.call('SMEMBERS', K_HELD)
@@ -347,13 +380,13 @@ return n
 """
 
 # ARGV: cid. The heartbeat, in Redis server time so clocks of worker machines do not matter.
-HEARTBEAT = _KEYS + _TIME + r"""
+HEARTBEAT = _keys("heartbeat") + _TIME + r"""
 redis.call('ZADD', K_HB, server_ms(), ARGV[1])
 return 1
 """
 
 # ARGV: (dead key, priority) pairs. Moves dead letters back to ready. Returns how many moved.
-REQUEUE_DEAD = _KEYS + _TYPES + _READY + r"""
+REQUEUE_DEAD = _keys("requeue_dead") + _TYPES + _SEQ + _READY + r"""
 local n = 0
 for i = 1, #ARGV, 2 do
   local key, p = ARGV[i], tonumber(ARGV[i + 1])
@@ -376,14 +409,14 @@ end
 return n
 """
 
-PURGE_DEAD = _KEYS + r"""
+PURGE_DEAD = _keys("purge_dead") + r"""
 local n = redis.call('ZCARD', K_DEAD)
 redis.call('DEL', K_DEAD, K_DEADMSGS, K_DEADWHY)
 return n
 """
 
 # ARGV: key prefix. Drops everything the queue holds, including what consumers hold.
-FLUSH = _KEYS + r"""
+FLUSH = _keys("flush") + r"""
 if redis.call('TYPE', K_HB)['ok'] == 'zset' then
   for _, cid in ipairs(redis.call('ZRANGE', K_HB, 0, -1)) do
     redis.call('DEL', ARGV[1] .. '.held.' .. cid)
@@ -394,7 +427,7 @@ return 1
 """
 
 # ARGV: key prefix, now_ms, dead_ttl. Returns {ready, delayed, in_flight, dead}.
-COUNTS = _KEYS + _TYPES + r"""
+COUNTS = _keys("counts") + _TYPES + r"""
 check_types()
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local old = redis.call('ZRANGEBYSCORE', own(K_DEAD), '-inf', now - ttl, 'LIMIT', 0, 1000)

@@ -203,6 +203,7 @@ class RedisBroker(Broker):
         self._scripts = {name: client.register_script(text) for name, text in _redis_scripts.SCRIPTS.items()}
         self._lane = None if self.cluster or getattr(client, "connection", None) is not None else ScriptLane(client)
         self._queue_keys = {}  # queue name -> keys_of(queue name)
+        self._script_keys = {}  # (script, queue name) -> script_keys(script, queue name)
         self._heartbeat = _Heartbeat(self)
         self._closed = False
 
@@ -224,11 +225,20 @@ class RedisBroker(Broker):
         return "{%s:%s}" % (self.namespace, queue_name)
 
     def keys_of(self, queue_name):
-        """The queue's keys in ``QUEUE_KEYS`` order, built once per queue (every script call needs them)."""
+        """The queue's keys in ``QUEUE_KEYS`` order, built once per queue."""
         keys = self._queue_keys.get(queue_name)
         if keys is None:
             prefix = self.prefix(queue_name)
             keys = self._queue_keys[queue_name] = tuple(f"{prefix}.{name}" for name in _redis_scripts.QUEUE_KEYS)
+        return keys
+
+    def script_keys(self, script, queue_name):
+        """The queue's keys that ``script`` is passed (``SCRIPT_KEYS``), built once per script and queue."""
+        keys = self._script_keys.get((script, queue_name))
+        if keys is None:
+            prefix = self.prefix(queue_name)
+            keys = self._script_keys[script, queue_name] = tuple(
+                f"{prefix}.{name}" for name in _redis_scripts.SCRIPT_KEYS[script])
         return keys
 
     # --- plumbing --------------------------------------------------------------------
@@ -272,7 +282,7 @@ class RedisBroker(Broker):
     def run(self, name, queue_name, args=(), client=None, extra_keys=()):
         """Run one of the scripts on a queue's keys."""
         client = client or self.client
-        keys = self.keys_of(queue_name)
+        keys = self.script_keys(name, queue_name)
         if extra_keys:
             keys = (*keys, *extra_keys)
         script = self._scripts[name]
@@ -336,7 +346,7 @@ class RedisBroker(Broker):
                 replies = _THE_USUAL_WAY
                 if self._lane is not None:
                     replies = _evalsha_on_the_lane(self._redis, self._lane, self._scripts["enqueue"],
-                                                   [(self.keys_of(q), args) for q, args in calls])
+                                                   [(self.script_keys("enqueue", q), args) for q, args in calls])
                 if replies is _THE_USUAL_WAY:
                     replies = self._pipelined_enqueue(calls)
                 results = list(zip([q for q, _ in calls], replies))
@@ -354,7 +364,7 @@ class RedisBroker(Broker):
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             for queue_name, args in calls:
-                keys = self.keys_of(queue_name)
+                keys = self.script_keys("enqueue", queue_name)
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             results = pipe.execute(raise_on_error=False)
             if attempt == 1 and all(isinstance(r, self._redis.exceptions.NoScriptError) for r in results):
