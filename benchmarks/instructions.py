@@ -13,14 +13,23 @@ out, and what is left is the cost of one ``send()`` in the sending process
 confirms, neither is the wait for the confirm). A run takes a minute or two
 per figure (callgrind is about fifty times slower than the CPU).
 
-Needs ``valgrind`` on PATH, the servers of the brokers asked for, and for
-Dramatiq ``benchmarks/.venv-peers`` (``python -m benchmarks.peers``).
+``--server`` counts the other side instead: the instructions Redis itself
+spends on one ``send()``, each run going to a fresh ``redis-server`` of its
+own, started under callgrind on a free port (Redis only; its one thread is
+what every producer and worker of an app shares).
+
+Needs ``valgrind`` on PATH, the servers of the brokers asked for (for
+``--server``, ``redis-server``), and for Dramatiq ``benchmarks/.venv-peers``
+(``python -m benchmarks.peers``).
 """
 
 import argparse
 import re
 import shutil
+import socket
+import subprocess
 import sys
+import time
 
 from . import peers
 from .run import BenchError, Case, Run, log, parse_args
@@ -39,8 +48,44 @@ def instructions(case, n, confirms):
     return int(found.group(1))
 
 
-def per_send(case, base, n, confirms):
-    return (instructions(case, base + n, confirms) - instructions(case, base, confirms)) / n
+def server_instructions(case, n, confirms):
+    """Instructions a fresh redis-server, run under callgrind, spent while the producer made ``n`` sends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # callgrind starts slowly; nothing to wait on but the port
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"redis-server under callgrind did not listen on port {port}")
+            time.sleep(0.1)
+        shared, case.url = case.url, f"redis://127.0.0.1:{port}/0"
+        try:
+            case.run_producer("calls", "--n", n, "--confirms", confirms, timeout=1800)
+        finally:
+            case.url = shared  # what the case cleans up afterwards
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"SHUTDOWN NOSAVE\r\n")
+        out = server.communicate(timeout=300)[1]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    found = re.search(r"Collected\s*:\s*(\d+)", out)
+    if found is None:
+        raise BenchError(f"{case.label}: callgrind printed no instruction count for redis-server:\n{out[-1000:]}")
+    return int(found.group(1))
+
+
+def per_send(case, base, n, confirms, count=instructions):
+    return (count(case, base + n, confirms) - count(case, base, confirms)) / n
 
 
 def main(argv=None):
@@ -49,7 +94,14 @@ def main(argv=None):
     parser.add_argument("--systems", default="greenq,dramatiq")
     parser.add_argument("--n", type=int, default=300, help="sends counted [300]")
     parser.add_argument("--base", type=int, default=100, help="sends in the baseline run [100]")
+    parser.add_argument("--server", action="store_true",
+                        help="count what Redis itself spends on a send(), not the sending process (Redis only)")
     args = parser.parse_args(argv)
+    if args.server and args.brokers != "redis":
+        if "redis" not in args.brokers.split(","):
+            log("--server counts redis-server's instructions: it needs --brokers redis.")
+            return 2
+        args.brokers = "redis"
     if shutil.which("valgrind") is None:
         log("valgrind is not on PATH: it counts the instructions (apt install valgrind).")
         return 2
@@ -69,11 +121,13 @@ def main(argv=None):
                         continue
                     case = Case(run, system, broker, 1, tag="-instructions")
                     try:
-                        row[system] = per_send(case, args.base, args.n, confirms)
+                        row[system] = per_send(case, args.base, args.n, confirms,
+                                               server_instructions if args.server else instructions)
                     finally:
                         case.cleanup()
                     log(f"   {broker:<9} {'confirms ' + confirms if broker == 'rabbitmq' else '':<13} "
-                        f"{system:<9} {row[system] / 1000:8.1f}k instructions a send()")
+                        f"{system:<9} {row[system] / 1000:8.1f}k instructions a send()"
+                        + (" in redis-server" if args.server else ""))
                 results.append(row)
     finally:
         run.close()

@@ -145,6 +145,24 @@ def test_instruction_counts_of_a_send(tmp_path):
     assert broker == "sqlite" and 20 < float(count) < 20000, row
 
 
+def test_instruction_counts_of_a_send_in_the_redis_server(tmp_path):
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not on PATH")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--server", "--systems", "greenq",
+                           "--brokers", "redis", "--n", "10", "--base", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    header, row = done.stdout.strip().splitlines()
+    assert header.split()[:3] == ["broker", "confirms", "greenq"]
+    broker, _, count = row.split()
+    # Redis's side of a send() (parsing, the script, two commands) is thousands of instructions, not millions
+    assert broker == "redis" and 5 < float(count) < 5000, row
+    assert "in redis-server" in done.stderr
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--server", "--brokers", "sqlite"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "needs --brokers redis" in refused.stderr
+
+
 def _chart_python():
     """An interpreter whose matplotlib imports: this one, else the peers' virtualenv's (as report.make_chart does)."""
     if importlib.util.find_spec("matplotlib") is not None:
