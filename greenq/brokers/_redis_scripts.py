@@ -65,8 +65,9 @@ _HELD = {"fetch", "ack", "nack", "requeue"}
 def _keys(script):
     """The Lua that names the keys ``script`` is passed, and ``expected(key)``, their types.
 
-    A script that touches a key it is not passed fails at once in Redis
-    ("nonexistent global variable"), so a missing one cannot go unnoticed.
+    A script whose code touches a key it is not passed fails in Redis
+    ("nonexistent global variable") the first time that code runs, never
+    silently on another key.
     """
     names = SCRIPT_KEYS[script]
     lines = [f"local {_LUA[name][0]} = KEYS[{i}]" for i, name in enumerate(names, 1)]
