@@ -688,6 +688,20 @@ def test_enqueue_many_and_ack_many_are_one_round_trip_each(private_redis, queue_
     admin.close()
 
 
+def test_every_script_is_passed_each_key_its_code_names():
+    """Each script is passed only some of a queue's keys (SCRIPT_KEYS); a key its code names but is not
+    passed would fail only when that code runs, perhaps on a rare path (a reaper, a dead letter)."""
+    import re
+
+    from greenq.brokers import _redis_scripts
+
+    for name, text in _redis_scripts.SCRIPTS.items():
+        passed = set(re.findall(r"^local (K_[A-Z]+) = KEYS\[\d+\]$", text, flags=re.M))
+        named = set(re.findall(r"\bK_[A-Z]+\b", text))
+        assert named <= passed, f"script {name!r} names {sorted(named - passed)} without being passed them"
+        assert len(passed) == len(_redis_scripts.SCRIPT_KEYS[name]) + (name in _redis_scripts._HELD)
+
+
 def test_fetch_and_ack_run_a_few_commands_per_batch_not_per_message(private_redis, queue_name):
     """The scripts batch their commands, so Redis's work per message stays small; a batch bigger than
     the scripts' chunk of 1000 keys is split and still taken and settled whole, in order."""
