@@ -162,7 +162,19 @@ local function forget(ids)
 end
 """
 
-# dead_letter(); it needs _TYPES, _SEQ and _FORGET.
+# prune_dead(); it needs _TYPES.
+_PRUNE = r"""
+-- Drop up to limit dead letters older than ttl.
+local function prune_dead(now, ttl, limit)
+  for _, k in ipairs(redis.call('ZRANGEBYSCORE', own(K_DEAD), '-inf', now - ttl, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', K_DEAD, k)
+    redis.call('HDEL', own(K_DEADMSGS), k)
+    redis.call('HDEL', own(K_DEADWHY), k)
+  end
+end
+"""
+
+# dead_letter(); it needs _TYPES, _SEQ, _FORGET and _PRUNE.
 _DEAD = r"""
 local function dead_letter(id, payload, why, now, ttl)
   own(K_DEAD)
@@ -174,12 +186,7 @@ local function dead_letter(id, payload, why, now, ttl)
   redis.call('HSET', K_DEADMSGS, key, payload)
   if why and why ~= '' then redis.call('HSET', K_DEADWHY, key, why) end
   forget({id})
-  local old = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - ttl, 'LIMIT', 0, 100)
-  for _, k in ipairs(old) do
-    redis.call('ZREM', K_DEAD, k)
-    redis.call('HDEL', K_DEADMSGS, k)
-    redis.call('HDEL', K_DEADWHY, k)
-  end
+  prune_dead(now, ttl, 100)
   redis.call('PEXPIRE', K_DEAD, ttl)
   redis.call('PEXPIRE', K_DEADMSGS, ttl)
   redis.call('PEXPIRE', K_DEADWHY, ttl)
@@ -230,7 +237,7 @@ return moved
 # KEYS + held. ARGV: now_ms, count, cid, max_deliveries, dead_ttl, heartbeat_timeout, key prefix.
 # Returns {taken (key, payload, deliveries)*, missing keys, quarantined keys, reaped count,
 #          keys dead-lettered for too many deliveries, next eta or false}.
-FETCH = _keys("fetch") + _TYPES + _SEQ + _READY + _FORGET + _DEAD + _TIME + r"""
+FETCH = _keys("fetch") + _TYPES + _SEQ + _READY + _FORGET + _PRUNE + _DEAD + _TIME + r"""
 local now, count, cid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_deliveries, ttl, hb_timeout, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 check_types()
@@ -344,7 +351,7 @@ return n
 """
 
 # KEYS + held. ARGV: now_ms, dead_ttl, then (key, payload, why or "") per message.
-NACK = _keys("nack") + _TYPES + _SEQ + _FORGET + _DEAD + r"""
+NACK = _keys("nack") + _TYPES + _SEQ + _FORGET + _PRUNE + _DEAD + r"""
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = 0
 for i = 3, #ARGV, 3 do
@@ -428,15 +435,10 @@ return 1
 """
 
 # ARGV: key prefix, now_ms, dead_ttl. Returns {ready, delayed, in_flight, dead}.
-COUNTS = _keys("counts") + _TYPES + r"""
+COUNTS = _keys("counts") + _TYPES + _PRUNE + r"""
 check_types()
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-local old = redis.call('ZRANGEBYSCORE', own(K_DEAD), '-inf', now - ttl, 'LIMIT', 0, 1000)
-for _, k in ipairs(old) do
-  redis.call('ZREM', K_DEAD, k)
-  redis.call('HDEL', own(K_DEADMSGS), k)
-  redis.call('HDEL', own(K_DEADWHY), k)
-end
+prune_dead(now, ttl, 1000)
 local tokens = tonumber(redis.call('HGET', own(K_META), 'tokens') or '0') or 0
 local ready = redis.call('ZCARD', own(K_PRIO)) + redis.call('LLEN', own(K_QUEUE)) - tokens
 if ready < 0 then ready = 0 end
