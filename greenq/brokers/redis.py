@@ -202,8 +202,7 @@ class RedisBroker(Broker):
         self.cluster = _is_cluster(client)
         self._scripts = {name: client.register_script(text) for name, text in _redis_scripts.SCRIPTS.items()}
         self._lane = None if self.cluster or getattr(client, "connection", None) is not None else ScriptLane(client)
-        self._queue_keys = {}  # queue name -> keys_of(queue name)
-        self._script_keys = {}  # (script, queue name) -> script_keys(script, queue name)
+        self._keys = {}  # (queue name, script or None) -> keys_of(queue name, script)
         self._heartbeat = _Heartbeat(self)
         self._closed = False
 
@@ -224,21 +223,14 @@ class RedisBroker(Broker):
         """The hash-tagged prefix of one queue's keys, e.g. ``{greenq:default}``."""
         return "{%s:%s}" % (self.namespace, queue_name)
 
-    def keys_of(self, queue_name):
-        """The queue's keys in ``QUEUE_KEYS`` order, built once per queue."""
-        keys = self._queue_keys.get(queue_name)
+    def keys_of(self, queue_name, script=None):
+        """The queue's keys that ``script`` is passed (``SCRIPT_KEYS``), or all of them in ``QUEUE_KEYS`` order;
+        built once per queue and script (every script call needs them)."""
+        keys = self._keys.get((queue_name, script))
         if keys is None:
             prefix = self.prefix(queue_name)
-            keys = self._queue_keys[queue_name] = tuple(f"{prefix}.{name}" for name in _redis_scripts.QUEUE_KEYS)
-        return keys
-
-    def script_keys(self, script, queue_name):
-        """The queue's keys that ``script`` is passed (``SCRIPT_KEYS``), built once per script and queue."""
-        keys = self._script_keys.get((script, queue_name))
-        if keys is None:
-            prefix = self.prefix(queue_name)
-            keys = self._script_keys[script, queue_name] = tuple(
-                f"{prefix}.{name}" for name in _redis_scripts.SCRIPT_KEYS[script])
+            names = _redis_scripts.QUEUE_KEYS if script is None else _redis_scripts.SCRIPT_KEYS[script]
+            keys = self._keys[queue_name, script] = tuple(f"{prefix}.{name}" for name in names)
         return keys
 
     # --- plumbing --------------------------------------------------------------------
@@ -282,7 +274,7 @@ class RedisBroker(Broker):
     def run(self, name, queue_name, args=(), client=None, extra_keys=()):
         """Run one of the scripts on a queue's keys."""
         client = client or self.client
-        keys = self.script_keys(name, queue_name)
+        keys = self.keys_of(queue_name, name)
         if extra_keys:
             keys = (*keys, *extra_keys)
         script = self._scripts[name]
@@ -346,7 +338,7 @@ class RedisBroker(Broker):
                 replies = _THE_USUAL_WAY
                 if self._lane is not None:
                     replies = _evalsha_on_the_lane(self._redis, self._lane, self._scripts["enqueue"],
-                                                   [(self.script_keys("enqueue", q), args) for q, args in calls])
+                                                   [(self.keys_of(q, "enqueue"), args) for q, args in calls])
                 if replies is _THE_USUAL_WAY:
                     replies = self._pipelined_enqueue(calls)
                 results = list(zip([q for q, _ in calls], replies))
@@ -364,7 +356,7 @@ class RedisBroker(Broker):
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             for queue_name, args in calls:
-                keys = self.script_keys("enqueue", queue_name)
+                keys = self.keys_of(queue_name, "enqueue")
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             results = pipe.execute(raise_on_error=False)
             if attempt == 1 and all(isinstance(r, self._redis.exceptions.NoScriptError) for r in results):
