@@ -524,11 +524,11 @@ def test_bad_input_is_logged_and_set_aside_never_a_crash(make, raw, namespace, q
     consumer.close()
 
 
-def test_a_send_moves_aside_a_foreign_value_in_the_keys_it_writes(make, raw, namespace, queue_name, caplog):
+def test_a_send_moves_aside_a_foreign_value_in_the_keys_it_writes(make, raw, queue_name, caplog):
     """The payload hash is written first, then the list: a foreign list key must not leave the payload
     stored and the message nowhere (a send that fails halfway, or an orphan in .msgs)."""
     broker = make()
-    prefix = "{%s:%s}" % (namespace, queue_name)
+    prefix = broker.prefix(queue_name)
     raw.set(f"{prefix}.queue", "someone else's value")
     raw.rpush(f"{prefix}.pri", "someone else's list")
 
@@ -729,7 +729,7 @@ def test_fetch_and_ack_run_a_few_commands_per_batch_not_per_message(private_redi
     consumer.ack(got)
     ack_commands = inner_commands() - before
     # one HMGET of payloads, one of lost deliveries and one SADD per chunk of 1000, one LPOP per chunk,
-    # and a fixed set per fetch (the key-type check, the heartbeat, the reaper and delay look-ups)
+    # and a fixed set per fetch (the heartbeat, the reaper, the priority pop and the delay look-ups)
     assert fetch_commands <= 40, fetch_commands
     assert ack_commands == 3 * 5  # per chunk: SMISMEMBER, SREM, and HDEL of payload, priority, deliveries
     assert broker.queue_counts(queue_name) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}

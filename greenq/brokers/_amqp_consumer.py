@@ -120,9 +120,10 @@ class RabbitmqConsumer(Consumer):
         live = [tag for generation, tag in receipts
                 if generation == link.generation and self._channel is not None and self._channel.is_open]
         stale = len(receipts) - len(live)
-        frames = [(tag, False) for tag in live]  # (delivery tag, multiple)
         if not requeue and len(live) > 1:
             frames = self._ack_prefix(link, live)
+        else:
+            frames = [(tag, False) for tag in live]  # (delivery tag, multiple)
         for i, (tag, multiple) in enumerate(frames):
             # Frames queue on the asynchronous side and are joined into one write;
             # the last call, on the blocking side, flushes them (pika's blocking ack
