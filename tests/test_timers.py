@@ -1,7 +1,7 @@
 """``greenq.concurrency.Timer``: order, cancellation, failing callbacks, and no pile-up of cancelled timers.
 
-Time limits set one timer per message and cancel it a moment later, so a
-cancelled timer must cost nothing once gone. The same scenario runs in threads
+TimeLimit re-arms its one timer as deliveries come and go, cancelling the
+one before, so a cancelled timer must cost nothing once gone. The same scenario runs in threads
 mode here and under gevent in a fresh patched process (tests/scripts/gevent_core.py).
 """
 

@@ -141,7 +141,9 @@ def test_two_deliveries_of_one_message_each_keep_their_own_time_limit(stub_broke
     (dead,) = stub_broker.dead_letters
     assert dead.message_id == message.message_id and dead.options["failure"].startswith("TimeLimitExceeded")
     time_limit = stub_broker.get_middleware(TimeLimit)
-    assert time_limit._timers == {} and time_limit._deadlines == {}  # neither delivery's timer left armed
+    # neither delivery is left behind, and nothing is left for the watchdog
+    assert time_limit._bucket_of == {} and time_limit._expired == {}
+    assert all(running == {} for running in time_limit._running.values())
 
 
 def test_age_limit_dead_letters_old_messages_without_running_them(stub_broker, stub_worker):

@@ -144,6 +144,14 @@ def timers():
     return timer_scenario()
 
 
+def time_limits():
+    """TimeLimit's one timer under gevent: the scenario tests/test_time_limits.py also runs in threads mode."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
+    from test_time_limits import time_limit_scenario
+
+    return time_limit_scenario()
+
+
 def lookup_in_os_thread():
     """An OS thread that connects by host name after resolve_names_in_this_thread(): no resolver thread."""
     import os
