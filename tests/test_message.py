@@ -57,12 +57,20 @@ def test_messages_are_immutable():
     (json.dumps(make(message_timestamp=True)).encode(), "'message_timestamp' must be int"),
     (json.dumps(make(actor_name="")).encode(), "must not be empty"),
     (b"\xff\xfe\x00garbage", "not valid"),
+    (json.dumps(make()).encode() + b" {}", "Extra data: line 1 column"),
+    (b"", "Expecting value: line 1 column 1"),
 ])
 def test_decode_rejects_what_is_not_the_wire_format(payload, says):
     with pytest.raises(DecodeError) as info:
         Message.decode(payload)
     assert says in str(info.value)
     assert info.value.data == payload
+
+
+def test_a_payload_with_whitespace_around_it_decodes():
+    # Another language's producer may pretty-print or end with a newline; greenq's own writes neither.
+    payload = b"\n  " + json.dumps(make(), indent=2).encode() + b"\r\n"
+    assert Message.decode(payload).asdict() == make()
 
 
 def test_decode_error_carries_the_message_id_when_there_is_one():
