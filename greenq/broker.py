@@ -154,6 +154,24 @@ class Broker:
         if callbacks:
             self._emit(callbacks, args, kwargs)
 
+    def emit_before_each(self, signal, messages, *args):
+        """``emit_before(signal, message, *args)`` for each of ``messages``.
+
+        A batch (a fetch's acks, a ``send_many``) looks its callbacks up once, and
+        costs nothing per message when no middleware listens, which is the usual case.
+        """
+        callbacks = self._hooks.get("before_" + signal)
+        if callbacks:
+            for message in messages:
+                self._emit(callbacks, (message, *args), {})
+
+    def emit_after_each(self, signal, messages, *args):
+        """``emit_after(signal, message, *args)`` for each of ``messages`` (see ``emit_before_each``)."""
+        callbacks = self._hooks.get("after_" + signal)
+        if callbacks:
+            for message in messages:
+                self._emit(callbacks, (message, *args), {})
+
     def _emit(self, callbacks, args, kwargs):
         """Call each callback; log, don't propagate, a middleware's failure.
 
@@ -223,11 +241,9 @@ class Broker:
     def enqueue_many(self, messages, *, delay=None):
         """Store many messages in as few round trips as the broker allows."""
         prepared = [m for m in (self._prepare(m, delay) for m in messages) if m is not None]
-        for m in prepared:
-            self.emit_before("enqueue", m, delay)
+        self.emit_before_each("enqueue", prepared, delay)
         self._enqueue_many([(m, m.options.get("eta"), self.priority_of(m)) for m in prepared])
-        for m in prepared:
-            self.emit_after("enqueue", m, delay)
+        self.emit_after_each("enqueue", prepared, delay)
         return prepared
 
     def _prepare(self, message, delay):

@@ -384,12 +384,10 @@ class _QueueRunner:
         broker = self.worker.broker
         try:
             if verb != "requeue":
-                for message in messages:
-                    broker.emit_before(verb, message)
+                broker.emit_before_each(verb, messages)
             getattr(self.consumer, verb)(messages)
             if verb != "requeue":
-                for message in messages:
-                    broker.emit_after(verb, message)
+                broker.emit_after_each(verb, messages)
         except Exception:
             logger.exception("Could not %s %d message(s) on queue %r; the broker will redeliver them.",
                              verb, len(messages), self.queue_name)

@@ -18,7 +18,7 @@ class AgeLimit(Middleware):
         self.max_age = max_age
 
     def before_process_message(self, broker, message):
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actors[message.actor_name]
         max_age = actor.options.get("max_age", self.max_age)
         if max_age is None:
             return

@@ -16,7 +16,7 @@ class Callbacks(Middleware):
     actor_options = {"on_success": actor_name_or_actor, "on_failure": actor_name_or_actor}
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actors[message.actor_name]
         if exception is None:
             target = message.options.get("on_success") or actor.options.get("on_success")
             if target:

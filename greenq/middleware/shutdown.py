@@ -20,7 +20,7 @@ class ShutdownNotifications(Middleware):
         self._running = set()  # deliveries, not ids: two deliveries of one message may run at once
 
     def before_process_message(self, broker, message):
-        if broker.get_actor(message.actor_name).options.get("notify_shutdown", self.notify_shutdown):
+        if broker.actors[message.actor_name].options.get("notify_shutdown", self.notify_shutdown):
             self._running.add(message)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):

@@ -58,7 +58,7 @@ class TimeLimit(Middleware):
             concurrency.start_os_thread(self._watch, name="greenq-time-limit-watchdog")
 
     def before_process_message(self, broker, message):
-        limit = broker.get_actor(message.actor_name).options.get("time_limit", self.time_limit)
+        limit = broker.actors[message.actor_name].options.get("time_limit", self.time_limit)
         if limit is None:
             return
         if self._lock is None:
