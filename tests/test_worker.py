@@ -207,6 +207,49 @@ def test_a_failing_middleware_hook_is_logged_and_processing_goes_on(stub_broker,
     assert stub_broker.dead_letters == []
 
 
+def test_enqueue_ack_and_nack_hooks_run_once_for_each_message_of_a_batch(stub_broker, stub_worker):
+    # send_many and the settler hand the hooks whole batches; each message must still get its own call.
+    calls = []
+
+    class Spy(Middleware):
+        def before_enqueue(self, broker, message, delay):
+            calls.append(("before_enqueue", message.args[0], delay))
+
+        def after_enqueue(self, broker, message, delay):
+            calls.append(("after_enqueue", message.args[0], delay))
+
+        def before_ack(self, broker, message):
+            calls.append(("before_ack", message.args[0]))
+
+        def after_ack(self, broker, message):
+            calls.append(("after_ack", message.args[0]))
+
+        def before_nack(self, broker, message):
+            calls.append(("before_nack", message.args[0]))
+
+        def after_nack(self, broker, message):
+            calls.append(("after_nack", message.args[0]))
+
+    stub_broker.add_middleware(Spy())
+
+    @greenq.actor(broker=stub_broker, max_retries=0)
+    def odd_fails(n):
+        if n % 2:
+            raise ValueError(n)
+
+    odd_fails.send_many([(n,) for n in range(5)])
+    assert calls == ([("before_enqueue", n, None) for n in range(5)]
+                     + [("after_enqueue", n, None) for n in range(5)])
+    stub_broker.join(odd_fails.queue_name)
+    stub_worker.join()
+    settled = sorted(calls[10:])
+    assert settled == sorted([(hook, n) for n in (0, 2, 4) for hook in ("before_ack", "after_ack")]
+                             + [(hook, n) for n in (1, 3) for hook in ("before_nack", "after_nack")])
+    for n in range(5):  # each message's before hook ran ahead of its after hook
+        verb = "nack" if n % 2 else "ack"
+        assert calls.index((f"before_{verb}", n)) < calls.index((f"after_{verb}", n))
+
+
 def test_shutdown_notification_reaches_opted_in_actors(stub_broker):
     started = threading.Event()
     outcome = []
