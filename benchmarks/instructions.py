@@ -13,6 +13,12 @@ out, and what is left is the cost of one ``send()`` in the sending process
 confirms, neither is the wait for the confirm). A run takes a minute or two
 per figure (callgrind is about fifty times slower than the CPU).
 
+``--worker`` counts the consuming side: the instructions one worker process
+(``benchmarks.workloads.overhead_child``: 250 greenlets, no-op jobs) spends per
+message it fetches, runs and acks, for greenq, Dramatiq and a bare gevent pool
+spawning the same jobs. The jobs are queued by a separate run first, so only
+the worker is counted.
+
 ``--server`` counts the other side instead: the instructions Redis itself
 spends on one ``send()``, each run going to a fresh ``redis-server`` of its
 own, started under callgrind on a free port (Redis only; its one thread is
@@ -84,6 +90,50 @@ def server_instructions(case, n, confirms):
     return int(found.group(1))
 
 
+def worker_instructions(system, broker, n, python):
+    """Instructions one worker process spends running ``n`` queued no-op jobs (queued by a run not counted)."""
+    import uuid
+
+    from .run import ROOT, _env
+
+    env = _env({"BENCH_OVERHEAD_QUEUE": f"instr-{uuid.uuid4().hex[:8]}"})
+    command = [python, "-m", "benchmarks.workloads.overhead_child", system, broker, "noop", str(n)]
+    if system != "bare":
+        subprocess.run(command, cwd=ROOT, env={**env, "BENCH_OVERHEAD_STEP": "fill"}, check=True,
+                       capture_output=True, timeout=600)
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command], cwd=ROOT,
+                          env={**env, "BENCH_OVERHEAD_STEP": "work"}, capture_output=True, text=True, timeout=3600)
+    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise BenchError(f"{system}/{broker} worker under callgrind failed:\n{done.stderr[-1500:]}")
+    return int(found.group(1))
+
+
+def per_message(system, broker, base, n, python):
+    return (worker_instructions(system, broker, base + n, python)
+            - worker_instructions(system, broker, base, python)) / n
+
+
+def workers(args, systems):
+    """``--worker``: a row per broker of instructions per message, greenq, Dramatiq and the bare pool."""
+    python = {"greenq": peers.GREENQ.python() if peers.GREENQ.available() else sys.executable,
+              "dramatiq": peers.PEERS.python()}
+    python["bare"] = python["greenq"]
+    bare = per_message("bare", "-", args.base, args.n, python["bare"])
+    log(f"   bare pool {bare / 1000:8.1f}k instructions a job")
+    results = []
+    for broker in [b for b in args.brokers.split(",") if b]:
+        row = {"broker": broker, "confirms": "-", "bare": bare}
+        for system in systems:
+            if system == "dramatiq" and broker == "sqlite":
+                continue
+            row[system] = per_message(system, broker, args.base, args.n, python[system])
+            log(f"   {broker:<9} {system:<9} {row[system] / 1000:8.1f}k instructions a message")
+        results.append(row)
+    print(table(results, [*systems, "bare"]))
+    return 0
+
+
 def per_send(case, base, n, confirms, count=instructions):
     return (count(case, base + n, confirms) - count(case, base, confirms)) / n
 
@@ -94,6 +144,9 @@ def main(argv=None):
     parser.add_argument("--systems", default="greenq,dramatiq")
     parser.add_argument("--n", type=int, default=300, help="sends counted [300]")
     parser.add_argument("--base", type=int, default=100, help="sends in the baseline run [100]")
+    parser.add_argument("--worker", action="store_true",
+                        help="count what a worker process spends per no-op message it runs (--n 2000 --base 1000 "
+                             "suit it), beside a bare gevent pool")
     parser.add_argument("--server", action="store_true",
                         help="count what Redis itself spends on a send(), not the sending process (Redis only)")
     args = parser.parse_args(argv)
@@ -109,6 +162,8 @@ def main(argv=None):
     if "dramatiq" in systems and not peers.PEERS.available():
         log(f"Skipping dramatiq: {peers.PEERS.path} is missing (python -m benchmarks.peers).")
         systems.remove("dramatiq")
+    if args.worker:
+        return workers(args, systems)
     run = Run(parse_args([]))
     run.http_url = "http://127.0.0.1:9/"  # no page server: the producers fetch nothing
     results = []

@@ -16,6 +16,7 @@ monkey.patch_all()
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -27,7 +28,10 @@ import gevent.pool  # noqa: E402
 from ..redis_keys import drop_keys  # noqa: E402
 
 THREADS = 250
-QUEUE = f"overhead-{uuid.uuid4().hex[:8]}"
+QUEUE = os.environ.get("BENCH_OVERHEAD_QUEUE") or f"overhead-{uuid.uuid4().hex[:8]}"
+#: ``fill`` only queues the N jobs (on ``BENCH_OVERHEAD_QUEUE``) and leaves them; ``work`` only runs
+#: a worker over them: ``benchmarks.instructions --worker`` counts the second without the first.
+STEP = os.environ.get("BENCH_OVERHEAD_STEP", "both")
 
 
 class Jobs:
@@ -92,7 +96,9 @@ def make_broker(name):
 
         from greenq.brokers.sqlite import SqliteBroker
 
-        return SqliteBroker(os.path.join(tempfile.mkdtemp(prefix="greenq-overhead-"), "broker.sqlite3")), None
+        folder = os.path.join(tempfile.gettempdir(), f"greenq-{QUEUE}")  # the same for a fill and its work
+        os.makedirs(folder, exist_ok=True)
+        return SqliteBroker(os.path.join(folder, "broker.sqlite3")), lambda: shutil.rmtree(folder, ignore_errors=True)
     if name == "redis":
         from greenq.brokers.redis import RedisBroker
 
@@ -113,9 +119,15 @@ def greenq_run(broker_name, kind, n):
     broker, cleanup = make_broker(broker_name)
     jobs = Jobs(kind, n)
     overhead_job = greenq.actor(jobs.run, broker=broker, queue_name=QUEUE, actor_name="overhead_job", max_retries=0)
-    try:
+    if STEP == "fill":
         for start in range(0, n, 1000):
             overhead_job.send_many([(i,) for i in range(start, min(n, start + 1000))])
+        broker.close()
+        return {}
+    try:
+        if STEP == "both":
+            for start in range(0, n, 1000):
+                overhead_job.send_many([(i,) for i in range(start, min(n, start + 1000))])
         calls = {"settle": 0, "fetch": 0}
         settle, reserve = worker_module._QueueRunner._settle, worker_module._Capacity.reserve
 
@@ -166,9 +178,15 @@ def dramatiq_run(broker_name, kind, n):
     jobs = Jobs(kind, n)
     overhead_job = dramatiq.actor(jobs.run, broker=broker, queue_name=QUEUE, actor_name="overhead_job",
                                   max_retries=0)
-    try:
+    if STEP == "fill":
         for i in range(n):
             overhead_job.send(i)
+        broker.close()
+        return {}
+    try:
+        if STEP == "both":
+            for i in range(n):
+                overhead_job.send(i)
         return {"cpu_us": jobs.timed(dramatiq.Worker(broker, worker_threads=THREADS, queues={QUEUE}))}
     finally:
         cleanup()
