@@ -177,9 +177,10 @@ class Broker:
 
         ``SkipMessage`` and interrupts are control flow, not failures, and pass through.
         """
+        args = (self, *args)  # once, not once per callback
         for callback in callbacks:
             try:
-                callback(self, *args, **kwargs)
+                callback(*args, **kwargs)
             except (SkipMessage, Interrupt):
                 raise
             except Exception:
