@@ -119,18 +119,21 @@ def workers(args, systems):
     python = {"greenq": peers.GREENQ.python() if peers.GREENQ.available() else sys.executable,
               "dramatiq": peers.PEERS.python()}
     python["bare"] = python["greenq"]
-    bare = per_message("bare", "-", args.base, args.n, python["bare"])
-    log(f"   bare pool {bare / 1000:8.1f}k instructions a job")
+    queues = [s for s in systems if s != "bare"]
+    bare = {}
+    if "bare" in systems:
+        bare["bare"] = per_message("bare", "-", args.base, args.n, python["bare"])
+        log(f"   bare pool {bare['bare'] / 1000:8.1f}k instructions a job")
     results = []
     for broker in [b for b in args.brokers.split(",") if b]:
-        row = {"broker": broker, "confirms": "-", "bare": bare}
-        for system in systems:
+        row = {"broker": broker, "confirms": "-", **bare}
+        for system in queues:
             if system == "dramatiq" and broker == "sqlite":
                 continue
             row[system] = per_message(system, broker, args.base, args.n, python[system])
             log(f"   {broker:<9} {system:<9} {row[system] / 1000:8.1f}k instructions a message")
         results.append(row)
-    print(table(results, [*systems, "bare"]))
+    print(table(results, [*queues, *bare]))
     return 0
 
 
@@ -141,7 +144,9 @@ def per_send(case, base, n, confirms, count=instructions):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.splitlines()[0])
     parser.add_argument("--brokers", default="redis,rabbitmq,sqlite")
-    parser.add_argument("--systems", default="greenq,dramatiq")
+    parser.add_argument("--systems", default=None,
+                        help="comma-separated: greenq, dramatiq, and with --worker bare [greenq,dramatiq; "
+                             "with --worker greenq,dramatiq,bare]")
     parser.add_argument("--n", type=int, default=300, help="sends counted [300]")
     parser.add_argument("--base", type=int, default=100, help="sends in the baseline run [100]")
     parser.add_argument("--worker", action="store_true",
@@ -158,6 +163,8 @@ def main(argv=None):
     if shutil.which("valgrind") is None:
         log("valgrind is not on PATH: it counts the instructions (apt install valgrind).")
         return 2
+    if args.systems is None:
+        args.systems = "greenq,dramatiq,bare" if args.worker else "greenq,dramatiq"
     systems = [s for s in args.systems.split(",") if s]
     if "dramatiq" in systems and not peers.PEERS.available():
         log(f"Skipping dramatiq: {peers.PEERS.path} is missing (python -m benchmarks.peers).")

@@ -166,16 +166,17 @@ def test_instruction_counts_of_a_send_in_the_redis_server(tmp_path):
 def test_instruction_counts_of_a_worker_per_message(tmp_path):
     if shutil.which("valgrind") is None:
         pytest.skip("valgrind is not on PATH")
+    # greenq alone (the bare pool's two runs under callgrind would double the time)
     done = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--worker", "--systems", "greenq",
                            "--brokers", "sqlite", "--n", "20", "--base", "10"], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     header, row = done.stdout.strip().splitlines()
-    assert header.split()[:5] == ["broker", "confirms", "greenq", "(k)", "bare"]
-    broker, _, greenq, bare = row.split()
+    assert header.split()[:3] == ["broker", "confirms", "greenq"]
+    broker, _, greenq = row.split()
     # fetching, running and acking a message is tens of thousands of instructions at least, not tens of millions
-    assert broker == "sqlite" and 10 < float(greenq) < 10000 and 1 < float(bare) < 10000, row
-    assert "instructions a message" in done.stderr and "instructions a job" in done.stderr
+    assert broker == "sqlite" and 10 < float(greenq) < 10000, row
+    assert "instructions a message" in done.stderr
 
 
 def _chart_python():
