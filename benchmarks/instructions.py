@@ -36,22 +36,35 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 
 from . import peers
-from .run import BenchError, Case, Run, log, parse_args
+from .run import ROOT, BenchError, Case, Run, _env, log, parse_args
 
 #: (broker, confirms) pairs measured; confirms only mean something on RabbitMQ.
 SETTINGS = {"redis": ["default"], "rabbitmq": ["on", "off"], "sqlite": ["default"]}
 
+#: The prefix that runs a command under callgrind, which prints its total on stderr.
+CALLGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+
+
+def collected(stderr, what):
+    """The instruction total callgrind printed on ``stderr`` for ``what``."""
+    found = re.search(r"Collected\s*:\s*(\d+)", stderr)
+    if found is None:
+        raise BenchError(f"{what}: callgrind printed no instruction count:\n{stderr[-1500:]}")
+    return int(found.group(1))
+
+
+def per_unit(count, base, n):
+    """What one more unit costs: ``count(base + n)`` less ``count(base)``, over ``n`` (start-up cancels out)."""
+    return (count(base + n) - count(base)) / n
+
 
 def instructions(case, n, confirms):
     """Instructions callgrind counted for a producer run of ``n`` sends."""
-    wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    out = case.run_producer("calls", "--n", n, "--confirms", confirms, wrapper=wrapper, timeout=1800).stderr
-    found = re.search(r"Collected\s*:\s*(\d+)", out)
-    if found is None:
-        raise BenchError(f"{case.label}: callgrind printed no instruction count:\n{out[-1000:]}")
-    return int(found.group(1))
+    out = case.run_producer("calls", "--n", n, "--confirms", confirms, wrapper=CALLGRIND, timeout=1800).stderr
+    return collected(out, case.label)
 
 
 def server_instructions(case, n, confirms):
@@ -60,8 +73,7 @@ def server_instructions(case, n, confirms):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [*CALLGRIND, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -84,34 +96,25 @@ def server_instructions(case, n, confirms):
         if server.poll() is None:
             server.kill()
             server.wait()
-    found = re.search(r"Collected\s*:\s*(\d+)", out)
-    if found is None:
-        raise BenchError(f"{case.label}: callgrind printed no instruction count for redis-server:\n{out[-1000:]}")
-    return int(found.group(1))
+    return collected(out, f"{case.label} (redis-server)")
 
 
 def worker_instructions(system, broker, n, python):
     """Instructions one worker process spends running ``n`` queued no-op jobs (queued by a run not counted)."""
-    import uuid
-
-    from .run import ROOT, _env
-
     env = _env({"BENCH_OVERHEAD_QUEUE": f"instr-{uuid.uuid4().hex[:8]}"})
     command = [python, "-m", "benchmarks.workloads.overhead_child", system, broker, "noop", str(n)]
     if system != "bare":
         subprocess.run(command, cwd=ROOT, env={**env, "BENCH_OVERHEAD_STEP": "fill"}, check=True,
                        capture_output=True, timeout=600)
-    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command], cwd=ROOT,
-                          env={**env, "BENCH_OVERHEAD_STEP": "work"}, capture_output=True, text=True, timeout=3600)
-    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
-    if done.returncode != 0 or found is None:
+    done = subprocess.run([*CALLGRIND, *command], cwd=ROOT, env={**env, "BENCH_OVERHEAD_STEP": "work"},
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
         raise BenchError(f"{system}/{broker} worker under callgrind failed:\n{done.stderr[-1500:]}")
-    return int(found.group(1))
+    return collected(done.stderr, f"{system}/{broker} worker")
 
 
 def per_message(system, broker, base, n, python):
-    return (worker_instructions(system, broker, base + n, python)
-            - worker_instructions(system, broker, base, python)) / n
+    return per_unit(lambda total: worker_instructions(system, broker, total, python), base, n)
 
 
 def workers(args, systems):
@@ -138,7 +141,7 @@ def workers(args, systems):
 
 
 def per_send(case, base, n, confirms, count=instructions):
-    return (count(case, base + n, confirms) - count(case, base, confirms)) / n
+    return per_unit(lambda total: count(case, total, confirms), base, n)
 
 
 def main(argv=None):

@@ -119,15 +119,12 @@ def greenq_run(broker_name, kind, n):
     broker, cleanup = make_broker(broker_name)
     jobs = Jobs(kind, n)
     overhead_job = greenq.actor(jobs.run, broker=broker, queue_name=QUEUE, actor_name="overhead_job", max_retries=0)
-    if STEP == "fill":
-        for start in range(0, n, 1000):
-            overhead_job.send_many([(i,) for i in range(start, min(n, start + 1000))])
-        broker.close()
-        return {}
     try:
-        if STEP == "both":
+        if STEP != "work":
             for start in range(0, n, 1000):
                 overhead_job.send_many([(i,) for i in range(start, min(n, start + 1000))])
+        if STEP == "fill":
+            return {}
         calls = {"settle": 0, "fetch": 0}
         settle, reserve = worker_module._QueueRunner._settle, worker_module._Capacity.reserve
 
@@ -144,7 +141,7 @@ def greenq_run(broker_name, kind, n):
         cpu_us = jobs.timed(greenq.Worker(broker, worker_threads=THREADS, queues=[QUEUE]))
         return {"cpu_us": cpu_us, "settle_calls": calls["settle"] / n, "fetch_calls": calls["fetch"] / n}
     finally:
-        if cleanup is not None:
+        if cleanup is not None and STEP != "fill":
             cleanup()
         broker.close()
 
@@ -178,18 +175,16 @@ def dramatiq_run(broker_name, kind, n):
     jobs = Jobs(kind, n)
     overhead_job = dramatiq.actor(jobs.run, broker=broker, queue_name=QUEUE, actor_name="overhead_job",
                                   max_retries=0)
-    if STEP == "fill":
-        for i in range(n):
-            overhead_job.send(i)
-        broker.close()
-        return {}
     try:
-        if STEP == "both":
+        if STEP != "work":
             for i in range(n):
                 overhead_job.send(i)
+        if STEP == "fill":
+            return {}
         return {"cpu_us": jobs.timed(dramatiq.Worker(broker, worker_threads=THREADS, queues={QUEUE}))}
     finally:
-        cleanup()
+        if STEP != "fill":
+            cleanup()
         broker.close()
 
 
