@@ -5,17 +5,35 @@ rootdir-based import mode). Under CI (``CI=true``) a broker that does not answer
 fails the test; on a developer's machine the test is skipped with the reason.
 """
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 IN_CI = os.environ.get("CI") == "true"
 REDIS_URL = os.environ.get("GREENQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("GREENQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+GEVENT_CORE = Path(__file__).parent / "scripts" / "gevent_core.py"
+
+
+def run_under_gevent(scenario, *extra):
+    """Run ``scenario`` of tests/scripts/gevent_core.py in a fresh gevent-patched process: (its JSON result, its stderr).
+
+    The suite runs in threads mode; this is how a test sees greenq under gevent.
+    """
+    out = subprocess.run([sys.executable, str(GEVENT_CORE), scenario, *extra], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
 def port_open(host, port):

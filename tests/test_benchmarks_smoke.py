@@ -131,52 +131,41 @@ def test_peers_side_by_side(tmp_path):
     assert "median of 3 alternating rounds" in names["batch >= 10x dramatiq send() (redis)"]
 
 
-def test_instruction_counts_of_a_send(tmp_path):
+def _instruction_table(*args, timeout=600):
+    """Run ``benchmarks.instructions`` for greenq alone; its one table row's cells, and its stderr."""
     if shutil.which("valgrind") is None:
         pytest.skip("valgrind is not on PATH")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--systems", "greenq", "--brokers",
-                           "sqlite", "--n", "10", "--base", "2"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--systems", "greenq", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     header, row = done.stdout.strip().splitlines()
     assert header.split()[:3] == ["broker", "confirms", "greenq"]
-    broker, _, count = row.split()
+    return row.split(), done.stderr
+
+
+def test_instruction_counts_of_a_send(tmp_path):
+    (broker, _, count), _ = _instruction_table("--brokers", "sqlite", "--n", "10", "--base", "2")
     # a send() is some tens of thousands of instructions at the very least, and not tens of millions
-    assert broker == "sqlite" and 20 < float(count) < 20000, row
+    assert broker == "sqlite" and 20 < float(count) < 20000, (broker, count)
 
 
 def test_instruction_counts_of_a_send_in_the_redis_server(tmp_path):
-    if shutil.which("valgrind") is None:
-        pytest.skip("valgrind is not on PATH")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--server", "--systems", "greenq",
-                           "--brokers", "redis", "--n", "10", "--base", "2"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    header, row = done.stdout.strip().splitlines()
-    assert header.split()[:3] == ["broker", "confirms", "greenq"]
-    broker, _, count = row.split()
+    (broker, _, count), stderr = _instruction_table("--server", "--brokers", "redis", "--n", "10", "--base", "2")
     # Redis's side of a send() (parsing, the script, two commands) is thousands of instructions, not millions
-    assert broker == "redis" and 5 < float(count) < 5000, row
-    assert "in redis-server" in done.stderr
+    assert broker == "redis" and 5 < float(count) < 5000, (broker, count)
+    assert "in redis-server" in stderr
     refused = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--server", "--brokers", "sqlite"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "needs --brokers redis" in refused.stderr
 
 
 def test_instruction_counts_of_a_worker_per_message(tmp_path):
-    if shutil.which("valgrind") is None:
-        pytest.skip("valgrind is not on PATH")
     # greenq alone (the bare pool's two runs under callgrind would double the time)
-    done = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--worker", "--systems", "greenq",
-                           "--brokers", "sqlite", "--n", "20", "--base", "10"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    header, row = done.stdout.strip().splitlines()
-    assert header.split()[:3] == ["broker", "confirms", "greenq"]
-    broker, _, greenq = row.split()
+    (broker, _, greenq), stderr = _instruction_table("--worker", "--brokers", "sqlite", "--n", "20", "--base", "10",
+                                                     timeout=900)
     # fetching, running and acking a message is tens of thousands of instructions at least, not tens of millions
-    assert broker == "sqlite" and 10 < float(greenq) < 10000, row
-    assert "instructions a message" in done.stderr
+    assert broker == "sqlite" and 10 < float(greenq) < 10000, (broker, greenq)
+    assert "instructions a message" in stderr
 
 
 def _chart_python():

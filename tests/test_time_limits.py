@@ -8,18 +8,13 @@ and a long delivery that is never touched. The same scenario runs here and in a
 fresh gevent-patched process (tests/scripts/gevent_core.py).
 """
 
-import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import greenq
 from greenq.brokers.stub import StubBroker
 from greenq.middleware import TimeLimit
-
-SCRIPT = Path(__file__).parent / "scripts" / "gevent_core.py"
+from support import run_under_gevent
 
 
 def time_limit_scenario():
@@ -101,8 +96,6 @@ def test_time_limits_in_threads_mode():
 
 
 def test_time_limits_under_gevent():
-    out = subprocess.run([sys.executable, str(SCRIPT), "time_limits"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result, _ = run_under_gevent("time_limits")
     assert result["mode"] == "greenlets"
     check(result)

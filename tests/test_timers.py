@@ -1,22 +1,18 @@
 """``greenq.concurrency.Timer``: order, cancellation, failing callbacks, and no pile-up of cancelled timers.
 
-TimeLimit re-arms its one timer as deliveries come and go, cancelling the
-one before, so a cancelled timer must cost nothing once gone. The same scenario runs in threads
-mode here and under gevent in a fresh patched process (tests/scripts/gevent_core.py).
+TimeLimit re-arms its one timer as deliveries come and go, cancelling the one
+before, so a cancelled timer must cost nothing once gone. The same scenario
+runs in threads mode here and under gevent in a fresh patched process
+(tests/scripts/gevent_core.py).
 """
 
 import gc
-import json
-import subprocess
-import sys
 import threading
 import time
 import weakref
-from pathlib import Path
 
 from greenq import concurrency
-
-SCRIPT = Path(__file__).parent / "scripts" / "gevent_core.py"
+from support import run_under_gevent
 
 
 def _timers_in_use():
@@ -105,9 +101,7 @@ def test_timers_in_threads_mode():
 
 
 def test_timers_under_gevent():
-    out = subprocess.run([sys.executable, str(SCRIPT), "timers"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result, stderr = run_under_gevent("timers")
     assert result["mode"] == "greenlets"
     check(result)
-    assert "a timer callback's bug" in out.stderr  # logged, not swallowed
+    assert "a timer callback's bug" in stderr  # logged, not swallowed
